@@ -1,0 +1,1 @@
+"""controller_vault: the controller's vault, the only place personal data can be read."""

@@ -1,0 +1,90 @@
+"""Delivery receipts: the vault's signature that it durably stored envelopes.
+
+A receipt names ``(engagement id, envelope id, envelope hash)`` tuples of one account;
+the batched form signs many tuples at once so a busy link pays one signature per
+batch. Wire form ``{"body": b64url(canonical JSON), "sig": b64url(sig)}`` with body::
+
+    {"t": "receipt", "v": 1, "acct": ACCOUNT, "items": [[ENG, ENV_ID, HASH_HEX], ...]}
+
+The relay deletes an outbox entry only for a tuple whose hash matches the stored
+envelope, under a signature by the paired identity key: a forged receipt (any other
+key) or one for another account deletes nothing.
+
+>>> from envelope.keys import IdentityKey
+>>> ident = IdentityKey.generate()
+>>> r = sign_receipt(ident, account="clinic", items=[("eng-00000001", "A" * 22, "00" * 32)])
+>>> verify_receipt(r, ident.public_bytes, account="clinic")[0].envelope_id == "A" * 22
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._codec import b64d
+from ._signed import open_signed, sign_body
+from .errors import EnvelopeError, ReceiptError
+from .keys import IdentityKey
+from .limits import ACCOUNT_PATTERN, ENGAGEMENT_PATTERN, ENVELOPE_ID_PATTERN, MAX_RECEIPT_ITEMS
+
+__all__ = ["ReceiptItem", "receipt_hash", "sign_receipt", "verify_receipt"]
+
+_DOMAIN = b"compliance-relay/v1/receipt\x00"
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ReceiptItem:
+    """One acknowledged envelope."""
+
+    engagement: str
+    envelope_id: str
+    envelope_hash: str
+
+
+def sign_receipt(
+    identity: IdentityKey, *, account: str, items: Iterable[tuple[str, str, str]],
+) -> dict[str, str]:
+    """Sign a receipt for one or many ``(engagement, envelope_id, envelope_hash)`` tuples."""
+    listed = [list(i) for i in items]
+    if not listed or len(listed) > MAX_RECEIPT_ITEMS:
+        raise ReceiptError("receipt must name 1..MAX_RECEIPT_ITEMS envelopes")
+    return sign_body(identity, _DOMAIN, {"t": "receipt", "v": 1, "acct": account,
+                                         "items": listed})
+
+
+def receipt_hash(wire: dict[str, str]) -> str:
+    """A stable hash of a receipt, kept by the relay on engagement records."""
+    try:
+        data = b64d(wire["body"]) + b64d(wire["sig"])
+    except (KeyError, TypeError, EnvelopeError) as exc:
+        raise ReceiptError("receipt does not parse") from exc
+    return hashlib.blake2b(data, digest_size=32, person=b"cr-receipt-v1").hexdigest()
+
+
+def verify_receipt(
+    wire: object, identity_public_key: bytes, *, account: str,
+) -> list[ReceiptItem]:
+    """Verify a (batched) receipt and return its items, or raise ReceiptError."""
+    body = open_signed(wire, identity_public_key, _DOMAIN, limit=200 * MAX_RECEIPT_ITEMS,
+                       error=ReceiptError)
+    if body.get("t") != "receipt" or body.get("v") != 1:
+        raise ReceiptError("not a v1 receipt")
+    if body.get("acct") != account or not ACCOUNT_PATTERN.fullmatch(account):
+        raise ReceiptError("receipt is for another account")
+    items = body.get("items")
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_RECEIPT_ITEMS:
+        raise ReceiptError("bad receipt items")
+    out = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 3
+                or not all(isinstance(x, str) for x in item)
+                or not ENGAGEMENT_PATTERN.fullmatch(item[0])
+                or not ENVELOPE_ID_PATTERN.fullmatch(item[1])
+                or not _HASH.fullmatch(item[2])):
+            raise ReceiptError("bad receipt item")
+        out.append(ReceiptItem(engagement=item[0], envelope_id=item[1], envelope_hash=item[2]))
+    return out

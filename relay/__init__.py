@@ -1,0 +1,1 @@
+"""relay: the hosted processor that routes chat and keeps no personal data."""
