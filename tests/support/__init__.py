@@ -1,0 +1,1 @@
+"""Shared test support: canary scanning and real-process service control."""
