@@ -174,3 +174,32 @@ def test_bad_header_is_refused() -> None:
     with pytest.raises(ExportError) as err:
         _header(identifier_kind="name")
     assert err.value.code == "export.bad_header"
+
+
+@pytest.mark.timeout(30)
+async def test_bundle_streams_as_a_download(aiohttp_client: Any) -> None:
+    from aiohttp import web
+
+    header = _header()
+    name = export_filename(None, account="clinic", export_id=header.export_id,
+                           generated_at=NOW)
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                           "Content-Disposition": content_disposition(name)})
+        await resp.prepare(request)
+        async for chunk in stream_bundle(header, _aiter(_engagement(n) for n in (1, 2, 3))):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/subjects/export", download)
+    client = await aiohttp_client(app)
+    resp = await client.get("/v1/subjects/export")
+    assert resp.status == 200
+    assert resp.headers["Transfer-Encoding"] == "chunked"
+    assert resp.headers["Content-Disposition"] == f'attachment; filename="{name}"'
+    bundle = json.loads(await resp.read())
+    jsonschema.validate(bundle, SCHEMA, cls=jsonschema.Draft202012Validator)
+    assert bundle["summary"]["engagements"] == 3

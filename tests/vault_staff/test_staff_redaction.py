@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
 import random
+import sqlite3
 import time
 
 import pytest
@@ -153,3 +155,21 @@ def test_large_input_stays_fast() -> None:
     start = time.perf_counter()
     redact(text, RULES)
     assert time.perf_counter() - start < 1.0
+
+
+def test_redacted_card_is_absent_from_a_sqlite_file(tmp_path: pathlib.Path) -> None:
+    """The ingest contract: only redact()'s output is written, so no file holds the card."""
+    db = tmp_path / "vault.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE messages (text TEXT)")
+    for card in ("4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005"):
+        text, _ = redact(f"please charge {card} today", RULES)
+        conn.execute("INSERT INTO messages VALUES (?)", (text,))
+    conn.commit()
+    blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    conn.close()
+    for digits in (b"4111111111111111", b"4111 1111 1111 1111", b"5555555555554444",
+                   b"5555-5555-5555-4444", b"378282246310005", b"1111"):
+        assert digits not in blobs
+    assert b"[redacted:card]" in blobs
