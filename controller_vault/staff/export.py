@@ -205,11 +205,7 @@ def export_filename(requested: str | None, *, account: str, export_id: str,
             or ".." in requested or not _SAFE_NAME.fullmatch(requested)
             or _DEVICE.fullmatch(requested)):
         raise ExportNameError("the export file name is not acceptable")
-    return requested if requested.endswith(".json") and len(requested) > 5 \
-        else _checked_length(requested + ".json")
-
-
-def _checked_length(name: str) -> str:
+    name = requested if requested.endswith(".json") else requested + ".json"
     if len(name) > MAX_FILENAME:
         raise ExportNameError("the export file name is not acceptable")
     return name
