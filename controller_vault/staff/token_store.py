@@ -1,0 +1,101 @@
+"""SQLite persistence of staff tokens in ``staff.db`` (one writer connection, WAL).
+
+Kept in its own file beside the vault's store: token rows are not personal data
+about data subjects, and a token database can be rotated or wiped without touching
+transcripts. Schema: ``staff_schema.sql`` (``PRAGMA user_version`` is the version).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from importlib import resources
+
+import aiosqlite
+
+from .errors import StaffConfigError
+from .tokens import TokenRecord
+
+__all__ = ["SCHEMA_VERSION", "STAFF_DB_NAME", "SqliteTokenStore"]
+
+SCHEMA_VERSION = 1
+STAFF_DB_NAME = "staff.db"
+_COLUMNS = "token_id, token_hash, actor, scopes, created_at, expires_at, revoked_at"
+
+
+def _record(row: aiosqlite.Row | tuple[object, ...]) -> TokenRecord:
+    token_id, token_hash, actor, scopes, created, expires, revoked = tuple(row)
+    return TokenRecord(token_id=str(token_id), token_hash=str(token_hash), actor=str(actor),
+                       scopes=frozenset(str(scopes).split(",")), created_at=int(str(created)),
+                       expires_at=None if expires is None else int(str(expires)),
+                       revoked_at=None if revoked is None else int(str(revoked)))
+
+
+class SqliteTokenStore:
+    """The :class:`~controller_vault.staff.tokens.TokenStore` on an aiosqlite connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, state_dir: str | os.PathLike[str]) -> SqliteTokenStore:
+        """Open (creating if needed) ``staff.db`` in ``state_dir``, mode 0600."""
+        path = pathlib.Path(state_dir) / STAFF_DB_NAME
+        # Create the file 0600 before SQLite does, so token hashes are never world-readable.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        conn = await aiosqlite.connect(path)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA busy_timeout=2000")
+            async with conn.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StaffConfigError("staff.db is from a newer version",
+                                       code="config.staff_db_version")
+            if version < SCHEMA_VERSION:
+                schema = resources.files(__package__).joinpath("staff_schema.sql").read_text()
+                await conn.executescript(schema)
+                await conn.commit()
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._conn.close()
+
+    async def insert(self, record: TokenRecord) -> None:
+        """Store a new token record."""
+        await self._conn.execute(
+            f"INSERT INTO staff_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 -- constant column list
+            (record.token_id, record.token_hash, record.actor, ",".join(sorted(record.scopes)),
+             record.created_at, record.expires_at, record.revoked_at))
+        await self._conn.commit()
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        """The record of ``token_id``, or None."""
+        async with self._conn.execute(
+                f"SELECT {_COLUMNS} FROM staff_tokens WHERE token_id = ?",  # noqa: S608 -- constant column list
+                (token_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _record(row)
+
+    async def revoke(self, token_id: str, at: int) -> bool:
+        """Mark a live token revoked; False if unknown or already revoked."""
+        cur = await self._conn.execute(
+            "UPDATE staff_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+            (at, token_id))
+        await self._conn.commit()
+        return cur.rowcount == 1
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        """Every record, oldest first."""
+        async with self._conn.execute(
+                f"SELECT {_COLUMNS} FROM staff_tokens ORDER BY created_at, token_id"  # noqa: S608 -- constant column list
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_record(r) for r in rows]
