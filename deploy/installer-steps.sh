@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables set here are read by the installers that source it
 # Steps shared by install-relay.sh and install-vault.sh (sourced, not run).
 #
 # Every step is idempotent: it compares what is there with what it would write and

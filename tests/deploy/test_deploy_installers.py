@@ -181,3 +181,12 @@ def test_vault_installer_with_a_real_venv_twice(tmp_path: pathlib.Path) -> None:
              str(staging / "etc/systemd/system/controller-vault.service")],
             capture_output=True, text=True, timeout=30)
         assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck absent (.ci/run installs it)")
+def test_installers_pass_shellcheck() -> None:
+    scripts = sorted(str(p) for p in DEPLOY.glob("*.sh"))
+    result = subprocess.run(["shellcheck", "-x", *scripts, str(ROOT / ".ci/run")],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stdout
