@@ -65,6 +65,7 @@ fi
 [[ $RELAY_URL =~ ^https?://[^[:space:]\"]+$ ]] || die "--relay-url must be an http(s) URL"
 [[ $LISTEN =~ ^([^[:space:]\":]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})$ ]] || die "--listen must be HOST:PORT"
 LISTEN_HOST=${BASH_REMATCH[1]} LISTEN_PORT=${BASH_REMATCH[2]}
+LISTEN_HOST=${LISTEN_HOST#[} && LISTEN_HOST=${LISTEN_HOST%]}  # "[::1]" listens on ::1
 [[ -z $PASSPHRASE_FILE || -r $PASSPHRASE_FILE ]] || die "cannot read --passphrase-file"
 
 ensure_user
