@@ -156,7 +156,9 @@ def verify_erasure_notice(
           and ACCOUNT_PATTERN.fullmatch(account) and isinstance(engs, list)
           and 0 < len(engs) <= MAX_RECEIPT_ITEMS
           and all(isinstance(e, str) and ENGAGEMENT_PATTERN.fullmatch(e) for e in engs)
-          and type(body.get("at")) is int and body.get("rule") in ERASURE_RULES)
+          and type(body.get("at")) is int
+          # isinstance first: an unhashable JSON value in a set lookup raises TypeError.
+          and isinstance(body.get("rule"), str) and body.get("rule") in ERASURE_RULES)
     if not ok or not isinstance(engs, list):
         raise MalformedError("bad erasure notice")
     return ErasureNotice(account=account, engagements=tuple(engs), at=body["at"],

@@ -189,6 +189,71 @@ def _header_dict(
     }
 
 
+def _sealed_box_with(message: bytes, recipient_pk: bytes, ephemeral_secret: bytes) -> bytes:
+    """libsodium's ``crypto_box_seal`` with a given ephemeral secret (byte-identical output).
+
+    sealed = epk || crypto_box_easy(message, nonce, recipient_pk, esk) where
+    epk = X25519(esk, basepoint) and nonce = BLAKE2b-192(epk || recipient_pk), unkeyed,
+    exactly as libsodium defines sealed boxes. Taking the ephemeral secret as an argument
+    is what makes the published test vectors deterministic; :func:`seal` passes fresh
+    random bytes, and the ephemeral secret is discarded after use in both cases.
+    """
+    epk = nacl.bindings.crypto_scalarmult_base(ephemeral_secret)
+    nonce = hashlib.blake2b(epk + recipient_pk, digest_size=24).digest()
+    shared = nacl.bindings.crypto_box_beforenm(recipient_pk, ephemeral_secret)
+    return epk + nacl.bindings.crypto_box_easy_afternm(message, nonce, shared)
+
+
+def _seal_with(
+    body: bytes,
+    *,
+    sender: PartyKeys,
+    role: str,
+    account: str,
+    engagement: str,
+    sequence: int,
+    kind: str,
+    recipients: Sequence[bytes],
+    envelope_id: str,
+    content_key: bytes,
+    nonce: bytes,
+    ephemeral_secrets: Sequence[bytes],
+) -> bytes:
+    """Deterministic sealing: every random input given. Only :func:`seal` and the vectors call it.
+
+    Never call this with reused randomness outside vector generation: a repeated
+    (content key, nonce) pair breaks XChaCha20-Poly1305 confidentiality and integrity.
+    """
+    if len(recipients) == 0 or len(recipients) > MAX_RECIPIENTS:
+        raise RecipientError("between 1 and MAX_RECIPIENTS recipients",
+                             code="envelope.too_many_recipients")
+    if len(ephemeral_secrets) != len(recipients):
+        raise RecipientError("one ephemeral secret per recipient",
+                             code="envelope.too_many_recipients")
+    if len(content_key) != 32 or len(nonce) != NONCE_BYTES:
+        raise MalformedError("content key or nonce of the wrong length")
+    for pk in recipients:
+        if not isinstance(pk, bytes) or len(pk) != 32:
+            raise MalformedError("recipient public key must be 32 bytes")
+    recipient_ids = [key_id(pk) for pk in recipients]
+    if len(set(recipient_ids)) != len(recipient_ids):
+        raise RecipientError("duplicate recipient", code="envelope.duplicate_recipient")
+    header = canonical_json(_header_dict(
+        account=account, engagement=engagement, envelope_id=envelope_id,
+        sequence=sequence, role=role, sender=sender, kind=kind, recipient_ids=recipient_ids))
+    if len(header) > MAX_HEADER_BYTES:
+        raise LimitExceeded("header exceeds MAX_HEADER_BYTES")
+    _validate_header(load_json_object(header, limit=MAX_HEADER_BYTES), header)
+    prefix = _PREFIX.pack(VERSION, len(header)) + header
+    sealed = b"".join(
+        _sealed_box_with(content_key, pk, esk) for pk, esk in zip(recipients, ephemeral_secrets,
+                                                                   strict=True))
+    ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        pad(body), prefix, nonce, content_key)
+    signed = prefix + sealed + nonce + ciphertext
+    return signed + sender.signing.sign(signed).signature
+
+
 def seal(
     body: bytes,
     *,
@@ -205,23 +270,12 @@ def seal(
     if len(recipients) == 0 or len(recipients) > MAX_RECIPIENTS:
         raise RecipientError("between 1 and MAX_RECIPIENTS recipients",
                              code="envelope.too_many_recipients")
-    recipient_ids = [key_id(pk) for pk in recipients]
-    if len(set(recipient_ids)) != len(recipient_ids):
-        raise RecipientError("duplicate recipient", code="envelope.duplicate_recipient")
-    header = canonical_json(_header_dict(
-        account=account, engagement=engagement, envelope_id=envelope_id or new_envelope_id(),
-        sequence=sequence, role=role, sender=sender, kind=kind, recipient_ids=recipient_ids))
-    _validate_header(load_json_object(header, limit=MAX_HEADER_BYTES), header)
-    prefix = _PREFIX.pack(VERSION, len(header)) + header
-    content_key = nacl.utils.random(32)
-    sealed = b"".join(
-        nacl.public.SealedBox(nacl.public.PublicKey(pk)).encrypt(content_key) for pk in recipients
-    )
-    nonce = nacl.utils.random(NONCE_BYTES)
-    ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        pad(body), prefix, nonce, content_key)
-    signed = prefix + sealed + nonce + ciphertext
-    return signed + sender.signing.sign(signed).signature
+    return _seal_with(
+        body, sender=sender, role=role, account=account, engagement=engagement,
+        sequence=sequence, kind=kind, recipients=recipients,
+        envelope_id=envelope_id or new_envelope_id(), content_key=nacl.utils.random(32),
+        nonce=nacl.utils.random(NONCE_BYTES),
+        ephemeral_secrets=[nacl.utils.random(32) for _ in recipients])
 
 
 def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
@@ -247,9 +301,11 @@ def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
     if type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
         raise HeaderFieldError("header field seq out of range")
     role, kind = obj["role"], obj["kind"]
-    if role not in ROLES:
+    # isinstance first: a JSON list or object is unhashable and would raise TypeError
+    # from the set lookup, an untyped crash a fuzzing peer could trigger.
+    if not isinstance(role, str) or role not in ROLES:
         raise HeaderFieldError("header field role unknown")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise HeaderFieldError("header field kind unknown")
     spk = b64d(obj["spk"], length=32)
     if key_id(spk) != skid:

@@ -1,0 +1,158 @@
+"""Property tests: round trip for every recipient; any changed byte, splice or move fails."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from envelope import (
+    KINDS,
+    EncryptionKey,
+    EnvelopeError,
+    IdentityKey,
+    PartyKeys,
+    ReceiptError,
+    StatementError,
+    b64d,
+    b64e,
+    canonical_json,
+    check_shape,
+    envelope_hash,
+    link_auth_response,
+    open_envelope,
+    seal,
+    sign_agent_certificate,
+    sign_receipt,
+    sign_vault_key_statement,
+    verify_agent_certificate,
+    verify_link_auth,
+    verify_receipt,
+    verify_vault_key_statement,
+)
+from envelope.limits import MAX_SEQUENCE, PAD_BUCKETS
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+VAULT = EncryptionKey.generate()
+AGENTS = [PartyKeys.generate() for _ in range(4)]
+VISITOR = PartyKeys.generate()
+STRANGER = EncryptionKey.generate()
+IDENTITY = IdentityKey.generate()
+ACCOUNT, ENG = "clinic", "eng-00000001"
+BASE = seal(b"base message", sender=VISITOR, role="visitor", account=ACCOUNT, engagement=ENG,
+            sequence=5, kind="message",
+            recipients=[VAULT.public_bytes, AGENTS[0].encryption.public_bytes])
+
+accounts = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
+engagements = st.from_regex(r"[A-Za-z0-9_-]{8,40}", fullmatch=True)
+
+
+@SETTINGS
+@given(body=st.binary(max_size=PAD_BUCKETS[4]), n_agents=st.integers(0, 4),
+       kind=st.sampled_from(sorted(KINDS)), sequence=st.integers(0, MAX_SEQUENCE),
+       account=accounts, engagement=engagements)
+def test_round_trip_for_every_recipient(body: bytes, n_agents: int, kind: str, sequence: int,
+                                        account: str, engagement: str) -> None:
+    keys = [VAULT] + [a.encryption for a in AGENTS[:n_agents]]
+    data = seal(body, sender=VISITOR, role="visitor", account=account, engagement=engagement,
+                sequence=sequence, kind=kind, recipients=[k.public_bytes for k in keys])
+    header = check_shape(data, account=account, vault_key_id=VAULT.key_id,
+                         engagement=engagement)
+    assert (header.sequence, header.kind) == (sequence, kind)
+    # Length hiding: the ciphertext length reveals only the padding bucket.
+    bucket = next(b for b in PAD_BUCKETS if b > len(body))
+    assert len(data) == 3 + len(header.raw) + 80 * len(keys) + 24 + bucket + 16 + 64
+    for key in keys:
+        opened = open_envelope(data, key, account=account, engagement=engagement,
+                               sender_public_key=VISITOR.signing_public_bytes)
+        assert opened.body == body
+    with pytest.raises(EnvelopeError) as info:
+        open_envelope(data, STRANGER)
+    assert info.value.code == "envelope.undecryptable"
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, len(BASE) - 1), bit=st.integers(0, 7),
+       opener=st.sampled_from([VAULT, AGENTS[0].encryption]))
+def test_any_flipped_bit_anywhere_fails(index: int, bit: int, opener: EncryptionKey) -> None:
+    data = bytearray(BASE)
+    data[index] ^= 1 << bit
+    with pytest.raises(EnvelopeError):
+        open_envelope(bytes(data), opener)
+
+
+def _move(data: bytes, field: str, value: Any, *, resign: bool) -> bytes:
+    """The same ciphertext under a header with one field changed."""
+    hlen = struct.unpack_from(">H", data, 1)[0]
+    header = json.loads(data[3:3 + hlen])
+    header[field] = value
+    raw = canonical_json(header)
+    signed = data[:1] + struct.pack(">H", len(raw)) + raw + data[3 + hlen:-64]
+    sig = VISITOR.signing.sign(signed).signature if resign else data[-64:]
+    return signed + sig
+
+
+@SETTINGS
+@given(move=st.one_of(
+    st.tuples(st.just("eng"), engagements.filter(lambda e: e != ENG)),
+    st.tuples(st.just("acct"), accounts.filter(lambda a: a != ACCOUNT)),
+    st.tuples(st.just("seq"), st.integers(0, MAX_SEQUENCE).filter(lambda s: s != 5))),
+    resign=st.booleans())
+def test_ciphertext_moved_to_another_engagement_account_or_sequence_fails(
+        move: tuple[str, Any], resign: bool) -> None:
+    # resign=True is the sender itself replaying its ciphertext under another header:
+    # the AEAD associated data still binds the body to the original header bytes.
+    moved = _move(BASE, *move, resign=resign)
+    for opener in (VAULT, AGENTS[0].encryption):
+        with pytest.raises(EnvelopeError) as info:
+            open_envelope(moved, opener)
+        assert info.value.code == "envelope.undecryptable"
+
+
+def _flip_wire(wire: dict[str, str], index: int) -> dict[str, str]:
+    raw = bytearray(b64d(wire["body"]) + b64d(wire["sig"]))
+    raw[index % len(raw)] ^= 0x01
+    split = len(raw) - 64
+    return {"body": b64e(bytes(raw[:split])), "sig": b64e(bytes(raw[split:]))}
+
+
+STATEMENT = sign_vault_key_statement(IDENTITY, account=ACCOUNT, key=VAULT.public_bytes,
+                                     not_before=0, not_after=100)
+CERT = sign_agent_certificate(IDENTITY, account=ACCOUNT, agent="a1",
+                              encryption_key=AGENTS[0].encryption.public_bytes,
+                              signing_key=AGENTS[0].signing_public_bytes, not_before=0,
+                              not_after=100)
+RECEIPT = sign_receipt(IDENTITY, account=ACCOUNT,
+                       items=[(ENG, "A" * 22, envelope_hash(BASE)), (ENG, "B" * 22, "0" * 64)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(index=st.integers(0, 10_000))
+def test_statements_and_receipts_any_flipped_byte_fails(index: int) -> None:
+    with pytest.raises(StatementError):
+        verify_vault_key_statement(_flip_wire(STATEMENT, index), IDENTITY.public_bytes,
+                                   account=ACCOUNT, now=50)
+    with pytest.raises(StatementError):
+        verify_agent_certificate(_flip_wire(CERT, index), IDENTITY.public_bytes,
+                                 account=ACCOUNT, now=50)
+    with pytest.raises(ReceiptError):
+        verify_receipt(_flip_wire(RECEIPT, index), IDENTITY.public_bytes, account=ACCOUNT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(0, 95))
+def test_link_auth_any_flipped_byte_fails(index: int) -> None:
+    nonce = b"n" * 32
+    frame = link_auth_response(IDENTITY, account=ACCOUNT, nonce=nonce, origin="https://r")
+    raw = bytearray(b64d(frame["identity_key"]) + b64d(frame["sig"]))
+    raw[index] ^= 0x01
+    bad = dict(frame, identity_key=b64e(bytes(raw[:32])), sig=b64e(bytes(raw[32:])))
+    with pytest.raises(EnvelopeError) as info:
+        verify_link_auth(bad, IDENTITY.public_bytes, account=ACCOUNT, nonce=nonce,
+                         origin="https://r")
+    assert info.value.code == "link.auth_failed"
