@@ -127,8 +127,9 @@ def verify_audit_chain(
             continue
         if seq > last:
             problems.append(AuditProblem("audit.truncated", last + 1,
-                                         f"log ends at entry {last} but a signed checkpoint "
-                                         f"covers entry {seq} (truncated)"))
+                                         f"entries {last + 1}..{seq} missing: the log ends "
+                                         f"at entry {last} but a signed checkpoint covers "
+                                         f"entry {seq} (truncated)"))
         elif hashes.get(seq) != head:
             problems.append(AuditProblem("audit.changed", seq,
                                          f"entry {seq}: differs from its signed checkpoint"))
