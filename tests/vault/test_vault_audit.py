@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from controller_vault.checkpoints import write_checkpoint, verify_audit
+from controller_vault.checkpoints import verify_audit, write_checkpoint
 from controller_vault.store import AuditRecord
 
 NOW = 1_800_000_000
