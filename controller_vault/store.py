@@ -204,32 +204,33 @@ class VaultStore:
         every touched engagement whose end frame is known (0 = complete)."""
         touched = sorted({e.engagement for e in envelopes})
         async with store_errors(self._db, "commit batch"):
-            for env in envelopes:
-                await self._db.execute(
-                    "INSERT INTO engagements (engagement, account, first_at, last_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT(engagement) DO UPDATE SET last_at = ?",
-                    (env.engagement, self.account, now, now, now))
-                if env.visitor_key is not None:
-                    await self._db.execute(
-                        "UPDATE engagements SET visitor_key = ? WHERE engagement = ? "
-                        "AND visitor_key IS NULL", (env.visitor_key, env.engagement))
-                if env.end_final is not None:
-                    await self._db.execute(
-                        "UPDATE engagements SET end_final = ? WHERE engagement = ?",
-                        (json.dumps(env.end_final, sort_keys=True), env.engagement))
-                await self._db.execute(
-                    "INSERT OR IGNORE INTO engagement_senders (engagement, sender_key_id, role)"
-                    " VALUES (?, ?, ?)", (env.engagement, env.sender_key_id, env.role))
-                await self._db.execute(
-                    "INSERT INTO envelopes (envelope_id, engagement, hash, sender_key_id, role,"
-                    " seq, kind, received_at, vault_key_id, ciphertext) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (env.envelope_id, env.engagement, env.envelope_hash, env.sender_key_id,
-                     env.role, env.seq, env.kind, now, env.vault_key_id, env.ciphertext))
-                for token in env.blind_tokens:
-                    await self._db.execute(
-                        "INSERT OR IGNORE INTO subject_index (token, engagement) VALUES (?, ?)",
-                        (token, env.engagement))
+            # executemany: one round trip to the database thread per statement kind,
+            # not per row (the batch is what makes group commit pay off).
+            await self._db.executemany(
+                "INSERT INTO engagements (engagement, account, first_at, last_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(engagement) DO UPDATE SET last_at = ?",
+                [(e, self.account, now, now, now) for e in touched])
+            await self._db.executemany(
+                "UPDATE engagements SET visitor_key = ? WHERE engagement = ? "
+                "AND visitor_key IS NULL",
+                [(e.visitor_key, e.engagement) for e in envelopes if e.visitor_key is not None])
+            await self._db.executemany(
+                "UPDATE engagements SET end_final = ? WHERE engagement = ?",
+                [(json.dumps(e.end_final, sort_keys=True), e.engagement)
+                 for e in envelopes if e.end_final is not None])
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO engagement_senders (engagement, sender_key_id, role) "
+                "VALUES (?, ?, ?)",
+                sorted({(e.engagement, e.sender_key_id, e.role) for e in envelopes}))
+            await self._db.executemany(
+                "INSERT INTO envelopes (envelope_id, engagement, hash, sender_key_id, role, "
+                "seq, kind, received_at, vault_key_id, ciphertext) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.envelope_id, e.engagement, e.envelope_hash, e.sender_key_id, e.role, e.seq,
+                  e.kind, now, e.vault_key_id, e.ciphertext) for e in envelopes])
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO subject_index (token, engagement) VALUES (?, ?)",
+                [(t, e.engagement) for e in envelopes for t in e.blind_tokens])
             gaps = await self._update_completeness(touched)
             await self._append_audit(audit, now)
         self._audit_committed()
