@@ -23,13 +23,22 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from envelope import EnvelopeError, b64d
 
 from .config import VaultConfig, load_config
 from .errors import VaultError
 
+if TYPE_CHECKING:
+    from .audit import AuditProblem
+    from .keyfiles import VaultKeys
+    from .store import VaultStore
+
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +101,7 @@ def _token(args: argparse.Namespace) -> str:
     return str(token)
 
 
-def _keys(cfg: VaultConfig):  # type: ignore[no-untyped-def]
+def _keys(cfg: VaultConfig) -> VaultKeys:
     from .keyfiles import load_vault_keys, read_passphrase
 
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -115,7 +124,7 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_store(cfg: VaultConfig, op):  # type: ignore[no-untyped-def]
+async def _with_store(cfg: VaultConfig, op: Callable[[VaultStore], Awaitable[T]]) -> T:
     from .store import VaultStore
 
     store = await VaultStore.open(cfg.state_path / "vault.db", cfg.account,
@@ -133,7 +142,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if not (cfg.state_path / "vault.db").exists():
         raise VaultError(f"no vault database in {cfg.state_dir}", code="vault.config")
 
-    async def op(store):  # type: ignore[no-untyped-def]
+    async def op(store: VaultStore) -> tuple[list[AuditProblem], list[Any]]:
         return await verify_audit(store, cfg.state_path), await store.audit_rows()
 
     problems, rows = asyncio.run(_with_store(cfg, op))
@@ -156,7 +165,7 @@ def _rotate(args: argparse.Namespace) -> int:
     keys = rotate_encryption_key(cfg.state_path, now=now,
                                  passphrase=read_passphrase(cfg.passphrase_file, creds))
 
-    async def op(store):  # type: ignore[no-untyped-def]
+    async def op(store: VaultStore) -> None:
         await store.append_audit([AuditRecord("admin", "rotate-key", "key-management",
                                               keys.current_key_id, {})], now)
 
@@ -198,7 +207,7 @@ def _certify(args: argparse.Namespace) -> int:
         raise VaultError("--enc-pk and --sig-pk must be 32-byte base64url keys",
                          code="cli.usage") from None
 
-    async def op(store):  # type: ignore[no-untyped-def]
+    async def op(store: VaultStore) -> dict[str, str]:
         return await certify_agent(store, keys, agent=args.agent, encryption_key=enc,
                                    signing_key=sig, now=int(time.time()), days=args.days)
 

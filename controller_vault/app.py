@@ -7,7 +7,7 @@ URL is configured) and a checkpoint task, and serves ``/healthz``, ``/readyz``,
 
 >>> from controller_vault.config import VaultConfig
 >>> app = create_app(VaultConfig(account="clinic", state_dir="/nonexistent"))
->>> sorted(r.resource.canonical for r in app.router.routes())[:2]
+>>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
 ['/healthz', '/metrics']
 """
 

@@ -304,7 +304,10 @@ def rotate_encryption_key(state_dir: str | os.PathLike[str], *, now: int,
     name = f"enc-{enc.key_id}"
     _write_secret(state / "secrets" / f"{name}.key", name, enc.secret, wrap_key)
     statement = _statement(keys.identity, keys.account, enc, now)
-    entries = list(doc["keys"])  # type: ignore[call-overload]
+    listed = doc.get("keys")
+    if not isinstance(listed, list):
+        raise KeyFileError(f"{state / 'vault.json'} is corrupt; restore it from your backup")
+    entries = list(listed)
     entries.append({"kid": enc.key_id, "pk": b64e(enc.public_bytes), "created": now,
                     "statement": statement})
     doc.update({"keys": entries, "current": enc.key_id})

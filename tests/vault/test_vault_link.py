@@ -188,3 +188,30 @@ def test_backoff_is_jittered_and_capped():
 def test_relay_origin_normalises_default_ports():
     assert relay_origin("https://Relay.Example:443/base/") == "https://relay.example"
     assert relay_origin("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+async def test_locked_store_means_no_ack_then_redelivery_after_reconnect(vault, peer_server):
+    import sqlite3
+
+    outbox = _outbox(vault, 20)
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox))
+    await vault.store._db.execute("PRAGMA busy_timeout = 50")
+    await vault.keystore._db.execute("PRAGMA busy_timeout = 50")
+    lock = sqlite3.connect(vault.state / "keys.db", timeout=0.1)
+    lock.execute("BEGIN EXCLUSIVE")
+    link = _link(vault, await peer_server(peer))
+    task = asyncio.create_task(link.run())
+    try:
+        for _ in range(200):
+            if peer.sessions >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert peer.sessions >= 2 and peer.acked == []
+        assert await vault.envelope_count() == 0
+        lock.rollback()
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        lock.close()
+        await _stop(task)
+    assert await vault.envelope_count() == 20
+    assert len(set(peer.acked)) == 20
