@@ -112,15 +112,18 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-async def _checkpoint_loop(app: web.Application, last: list[int]) -> None:
+async def _checkpoint_loop(app: web.Application, last_seq: int) -> None:
     cfg = app[CONFIG]
+    last_at = app[_CLOCK]()
     while True:
         await asyncio.sleep(1.0)
-        seq, _ = app[STORE].audit_head
-        if seq - last[0] >= cfg.checkpoint_every:
-            written = await write_checkpoint(app[STORE], app[KEYS], cfg.state_path,
-                                             int(app[_CLOCK]()))
-            last[0] = written or last[0]
+        seq, _ = await app[STORE].audit_head()
+        now = app[_CLOCK]()
+        grown = seq > last_seq
+        if grown and (seq - last_seq >= cfg.checkpoint_every
+                      or now - last_at >= cfg.checkpoint_interval_s):
+            written = await write_checkpoint(app[STORE], app[KEYS], cfg.state_path, int(now))
+            last_seq, last_at = written or last_seq, now
 
 
 async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -146,8 +149,7 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.append_audit([AuditRecord("system", "service-start", "operation", "vault",
                                           {"key_id": keys.current_key_id})], now)
     tasks = []
-    last = [store.audit_head[0] - 1]
-    tasks.append(asyncio.create_task(_checkpoint_loop(app, last)))
+    tasks.append(asyncio.create_task(_checkpoint_loop(app, 0)))
     if cfg.relay_url:
         app[LINK] = VaultLink(cfg, keys, app[INGESTOR], metrics, clock=app[_CLOCK])
         tasks.append(asyncio.create_task(app[LINK].run()))

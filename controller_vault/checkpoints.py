@@ -28,7 +28,7 @@ CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 async def write_checkpoint(store: VaultStore, keys: VaultKeys, state_dir: pathlib.Path,
                            now: int) -> int | None:
     """Sign the current chain head into both copies; return its seq (None if log empty)."""
-    seq, head = store.audit_head
+    seq, head = await store.audit_head()
     if seq == 0:
         return None
     body, sig = sign_checkpoint(keys.identity, account=keys.account, seq=seq, head=head, at=now)

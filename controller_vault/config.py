@@ -42,6 +42,8 @@ class VaultConfig:
     batch_wait_ms: int = _f(20, "how long the link waits to fill a batch before committing")
     busy_timeout_ms: int = _f(2000, "how long a write waits on a locked database before failing")
     checkpoint_every: int = _f(100, "sign an audit checkpoint after this many new audit entries")
+    checkpoint_interval_s: float = _f(300.0, "sign an audit checkpoint at least this often "
+                                      "when the log has grown")
     backoff_initial_s: float = _f(0.5, "first reconnect delay of the vault link (jittered)")
     backoff_max_s: float = _f(60.0, "longest reconnect delay of the vault link")
     watchdog_interval_s: float = _f(10.0, "systemd WATCHDOG=1 interval when $NOTIFY_SOCKET is set")

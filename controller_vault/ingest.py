@@ -136,7 +136,9 @@ class Ingestor:
         engagements = {c[2].header.engagement for c in checked}
         states = await self._store.engagement_states(engagements)
         known = await self._store.known_envelopes(c[2].header.envelope_id for c in checked)
-        taken = await self._store.taken_positions(engagements)
+        taken = await self._store.taken_positions(
+            (c[2].header.engagement, c[2].header.sender_key_id, c[2].header.sequence)
+            for c in checked)
         certified = await self._store.certified_keys()
         pinned = {e: s.visitor_key for e, s in states.items()}
         items: list[tuple[str, str, str]] = []

@@ -24,7 +24,6 @@ class KeyStore:
     def __init__(self, db: aiosqlite.Connection, master_key: bytes) -> None:
         self._db = db
         self._master = master_key
-        self._cache: dict[str, bytes] = {}
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], master_key: bytes, *,
@@ -39,12 +38,10 @@ class KeyStore:
 
     async def ensure_keys(self, engagements: list[str], now: int) -> dict[str, bytes]:
         """Data keys for ``engagements``, creating (durably) those that do not exist."""
-        out = {e: self._cache[e] for e in engagements if e in self._cache}
-        missing = [e for e in engagements if e not in out]
-        if not missing:
-            return out
-        found = await self._load(missing)
-        new = [e for e in missing if e not in found]
+        # No in-memory cache: an erasure by another process (staff CLI) must take
+        # effect at once, and one indexed read per batch is cheap.
+        found = await self._load(engagements)
+        new = [e for e in engagements if e not in found]
         if new:
             async with store_errors(self._db, "create data keys"):
                 for eng in new:
@@ -54,9 +51,7 @@ class KeyStore:
                         "INSERT INTO data_keys (engagement, nonce, wrapped, created_at) "
                         "VALUES (?, ?, ?, ?)", (eng, nonce, wrapped, now))
                     found[eng] = key
-        self._cache.update(found)
-        out.update(found)
-        return out
+        return found
 
     async def _load(self, engagements: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -72,18 +67,13 @@ class KeyStore:
 
     async def data_key(self, engagement: str) -> bytes:
         """The engagement's data key, or DataKeyDestroyed if it was erased (or never made)."""
-        if engagement in self._cache:
-            return self._cache[engagement]
         found = await self._load([engagement])
         if engagement not in found:
             raise DataKeyDestroyed("no data key for this engagement (erased)")
-        self._cache[engagement] = found[engagement]
         return found[engagement]
 
     async def destroy(self, engagements: list[str]) -> int:
         """Delete the keys (secure_delete overwrites them) and truncate the WAL."""
-        for eng in engagements:
-            self._cache.pop(eng, None)
         async with store_errors(self._db, "destroy data keys"):
             n = 0
             for eng in engagements:

@@ -111,9 +111,6 @@ class VaultStore:
         self._db = db
         self._path = path
         self.account = account
-        self._audit_seq = 0
-        self._audit_head = GENESIS
-        self._pending_audit = (0, GENESIS)
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], account: str, *,
@@ -122,12 +119,7 @@ class VaultStore:
         """Open (and create or upgrade) vault.db."""
         db = await open_database(path, "vault", busy_timeout_ms=busy_timeout_ms,
                                  max_page_count=max_page_count)
-        store = cls(db, pathlib.Path(path), account)
-        async with db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1") as c:
-            row = await c.fetchone()
-        if row:
-            store._audit_seq, store._audit_head = int(row[0]), str(row[1])
-        return store
+        return cls(db, pathlib.Path(path), account)
 
     async def close(self) -> None:
         """Checkpoint and close."""
@@ -159,12 +151,21 @@ class VaultStore:
             sorted(set(envelope_ids)))
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    async def taken_positions(self, engagements: Iterable[str]) -> set[tuple[str, str, int]]:
-        """(engagement, sender key id, seq) already stored in these engagements."""
-        rows = await self._select_in(
-            "SELECT engagement, sender_key_id, seq FROM envelopes WHERE engagement IN (?*)",
-            sorted(set(engagements)))
-        return {(r[0], r[1], int(r[2])) for r in rows}
+    async def taken_positions(self, positions: Iterable[tuple[str, str, int]]
+                              ) -> set[tuple[str, str, int]]:
+        """Which of these (engagement, sender key id, seq) positions are already stored."""
+        wanted = sorted(set(positions))
+        found: set[tuple[str, str, int]] = set()
+        for i in range(0, len(wanted), 300):
+            chunk = wanted[i:i + 300]
+            values = ",".join(["(?, ?, ?)"] * len(chunk))
+            params = [x for pos in chunk for x in pos]
+            async with self._db.execute(
+                    "SELECT engagement, sender_key_id, seq FROM envelopes "  # noqa: S608
+                    f"WHERE (engagement, sender_key_id, seq) IN (VALUES {values})",
+                    params) as cur:
+                found |= {(r[0], r[1], int(r[2])) async for r in cur}
+        return found
 
     async def certified_keys(self) -> dict[str, CertifiedKey]:
         """Signing key id -> certificate window, for every agent key this vault certified."""
@@ -175,7 +176,9 @@ class VaultStore:
     # -- writes ---------------------------------------------------------------
 
     async def _append_audit(self, records: Sequence[AuditRecord], now: int) -> None:
-        seq, head = self._audit_seq, self._audit_head
+        # Read the head inside the write transaction (BEGIN IMMEDIATE holds the write
+        # lock): a CLI command appending while `serve` runs cannot fork the chain.
+        seq, head = await self.audit_head()
         for rec in records:
             seq += 1
             entry = AuditEntry(seq, now, rec.actor, rec.action, rec.purpose, rec.target,
@@ -187,16 +190,11 @@ class VaultStore:
                 (seq, now, entry.actor, entry.action, entry.purpose, entry.target,
                  entry.detail, head, new_head))
             head = new_head
-        self._pending_audit = (seq, head)
-
-    def _audit_committed(self) -> None:
-        self._audit_seq, self._audit_head = self._pending_audit
 
     async def append_audit(self, records: Sequence[AuditRecord], now: int) -> None:
         """Append audit entries in their own transaction."""
         async with store_errors(self._db, "append audit"):
             await self._append_audit(records, now)
-        self._audit_committed()
 
     async def commit_batch(self, envelopes: Sequence[NewEnvelope], now: int,
                            audit: Sequence[AuditRecord]) -> dict[str, int]:
@@ -204,6 +202,14 @@ class VaultStore:
         every touched engagement whose end frame is known (0 = complete)."""
         touched = sorted({e.engagement for e in envelopes})
         async with store_errors(self._db, "commit batch"):
+            # An erasure by another process may have landed since ingest read the
+            # tombstones: never write rows for an erased engagement (no resurrection).
+            erased = {r[0] for r in await self._select_in(
+                "SELECT engagement FROM engagements WHERE erased_at IS NOT NULL "
+                "AND engagement IN (?*)", touched)}
+            if erased:
+                envelopes = [e for e in envelopes if e.engagement not in erased]
+                touched = [e for e in touched if e not in erased]
             # executemany: one round trip to the database thread per statement kind,
             # not per row (the batch is what makes group commit pay off).
             await self._db.executemany(
@@ -233,7 +239,6 @@ class VaultStore:
                 [(t, e.engagement) for e in envelopes for t in e.blind_tokens])
             gaps = await self._update_completeness(touched)
             await self._append_audit(audit, now)
-        self._audit_committed()
         return gaps
 
     async def _update_completeness(self, engagements: Sequence[str]) -> dict[str, int]:
@@ -265,7 +270,6 @@ class VaultStore:
                 "not_before, not_after, certificate, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (sig_key_id, agent, enc_key_id, not_before, not_after, certificate, now))
             await self._append_audit([audit], now)
-        self._audit_committed()
 
     async def erase_engagements(self, engagements: Sequence[str], now: int, rule: str,
                                 audit: AuditRecord) -> int:
@@ -288,7 +292,6 @@ class VaultStore:
                     "end_final = NULL, erased_at = ?, erase_rule = ?",
                     (eng, self.account, now, now, now, rule, now, rule))
             await self._append_audit([audit], now)
-        self._audit_committed()
         await checkpoint_truncate(self._db)
         return n
 
@@ -301,10 +304,12 @@ class VaultStore:
 
     # -- reads for staff, audit and metrics -----------------------------------
 
-    @property
-    def audit_head(self) -> tuple[int, str]:
-        """(last audit seq, its chain hash)."""
-        return self._audit_seq, self._audit_head
+    async def audit_head(self) -> tuple[int, str]:
+        """(last audit seq, its chain hash); (0, GENESIS) for an empty log."""
+        async with self._db.execute(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     async def audit_rows(self) -> list[tuple[AuditEntry, str, str]]:
         """Every audit entry with its stored prev hash and hash, in seq order."""

@@ -61,3 +61,19 @@ async def test_a_forged_checkpoint_is_reported(vault):
         fh.write('{"body": "{}", "sig": "AAAA"}\n')
     problems = await verify_audit(vault.store, vault.state)
     assert [p.code for p in problems] == ["audit.bad_checkpoint"]
+
+
+async def test_two_writers_on_one_file_keep_one_chain(vault, reopen):
+    """`serve` and a CLI command (certify-agent, rotate-key) append to the same log."""
+    other = await reopen(vault.state, vault.keys)
+    try:
+        for i in range(6):
+            writer = vault.store if i % 2 else other.store
+            await writer.append_audit([AuditRecord("admin", "certify-agent", "admin",
+                                                   f"agent-{i}", {})], NOW + i)
+        await write_checkpoint(other.store, vault.keys, vault.state, NOW + 9)
+        assert await verify_audit(vault.store, vault.state) == []
+        assert [e.seq for e, _, _ in await vault.store.audit_rows()] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await other.store.close()
+        await other.keystore.close()

@@ -83,3 +83,18 @@ async def test_redelivery_after_erasure_is_acknowledged_but_not_stored(vault, co
     assert again.stored == 0 and len(again.items) == 2 and again.receipt is not None
     assert await vault.envelope_count() == 0
     assert await vault.keystore.count() == 0
+
+
+async def test_erasure_by_another_process_stops_later_writes(vault, conversation, reopen):
+    conv, visitor = conversation("eng-00000001"), PartyKeys.generate()
+    await vault.ingest([conv.env(visitor, "message", {"text": "one"})], NOW)
+    staff = await reopen(vault.state, vault.keys)  # e.g. a staff CLI erasing meanwhile
+    try:
+        await erase_engagements(staff.store, staff.keystore, ["eng-00000001"], actor="dpo",
+                                purpose="request", rule="request", now=NOW)
+    finally:
+        await staff.store.close()
+        await staff.keystore.close()
+    late = await vault.ingest([conv.env(visitor, "message", {"text": "two"})], NOW)
+    assert late.stored == 0 and late.receipt is not None
+    assert await vault.envelope_count() == 0 and await vault.keystore.count() == 0
