@@ -220,10 +220,7 @@ class VaultStore:
                 "UPDATE engagements SET visitor_key = ? WHERE engagement = ? "
                 "AND visitor_key IS NULL",
                 [(e.visitor_key, e.engagement) for e in envelopes if e.visitor_key is not None])
-            await self._db.executemany(
-                "UPDATE engagements SET end_final = ? WHERE engagement = ?",
-                [(json.dumps(e.end_final, sort_keys=True), e.engagement)
-                 for e in envelopes if e.end_final is not None])
+            await self._merge_end_finals(envelopes)
             await self._db.executemany(
                 "INSERT OR IGNORE INTO engagement_senders (engagement, sender_key_id, role) "
                 "VALUES (?, ?, ?)",
@@ -240,6 +237,26 @@ class VaultStore:
             gaps = await self._update_completeness(touched)
             await self._append_audit(audit, now)
         return gaps
+
+    async def _merge_end_finals(self, envelopes: Sequence[NewEnvelope]) -> None:
+        # Visitor and agent may both send an end frame: keep the highest last sequence
+        # each one names per stream, so neither can hide the other's gap.
+        finals: dict[str, dict[str, int]] = {}
+        for env in envelopes:
+            if env.end_final is not None:
+                merged = finals.setdefault(env.engagement, {})
+                for skid, last in env.end_final.items():
+                    merged[skid] = max(last, merged.get(skid, 0))
+        if not finals:
+            return
+        for eng, stored in await self._select_in(
+                "SELECT engagement, end_final FROM engagements WHERE end_final IS NOT NULL "
+                "AND engagement IN (?*)", sorted(finals)):
+            for skid, last in json.loads(stored).items():
+                finals[eng][skid] = max(int(last), finals[eng].get(skid, 0))
+        await self._db.executemany(
+            "UPDATE engagements SET end_final = ? WHERE engagement = ?",
+            [(json.dumps(f, sort_keys=True), eng) for eng, f in finals.items()])
 
     async def _update_completeness(self, engagements: Sequence[str]) -> dict[str, int]:
         rows = await self._select_in(

@@ -148,3 +148,32 @@ async def test_full_database_gives_no_receipt_and_writes_nothing(tmp_path, conve
                            NOW)
     assert "full" in err.value.message
     assert await vault.envelope_count() == 0
+
+
+async def test_end_frames_of_both_sides_are_merged_for_the_gap_check(vault, conversation):
+    from envelope import key_id
+
+    conv, visitor, agent = conversation("eng-00000001"), PartyKeys.generate(), \
+        PartyKeys.generate()
+    await vault.certify(agent)
+    v, a = key_id(visitor.signing_public_bytes), key_id(agent.signing_public_bytes)
+    frames = [conv.env(visitor, "message", {"text": "v1"}),
+              conv.env(agent, "message", {"text": "a1"}, role="agent"),
+              conv.env(agent, "message", {"text": "a3"}, role="agent", seq=3)]
+    # The visitor never saw agent message 2 and 3; the agent's own end names 3.
+    frames.append(conv.env(visitor, "end", {"final": {v: 2, a: 1}}))
+    frames.append(conv.env(agent, "end", {"final": {v: 2, a: 4}}, role="agent"))
+    result = await vault.ingest(frames, NOW)
+    assert result.gaps == {"eng-00000001": 1}  # agent seq 2 is missing
+
+
+def test_passphrase_from_systemd_credentials_wins(tmp_path):
+    from controller_vault.keyfiles import read_passphrase
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "passphrase").write_bytes(b"from-credentials\n")
+    (tmp_path / "pw").write_bytes(b"from-file\n")
+    assert read_passphrase(str(tmp_path / "pw"), str(creds)) == b"from-credentials"
+    assert read_passphrase(str(tmp_path / "pw"), None) == b"from-file"
+    assert read_passphrase(None, None) is None
