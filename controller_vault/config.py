@@ -1,0 +1,112 @@
+"""Vault configuration: a frozen dataclass read from a TOML ``[vault]`` table plus
+``VAULT_<FIELD>`` environment overrides.
+
+>>> cfg = load_config(None, env={"VAULT_ACCOUNT": "clinic", "VAULT_STATE_DIR": "/tmp/v"})
+>>> (cfg.account, cfg.port)
+('clinic', 8470)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envelope.limits import ACCOUNT_PATTERN
+
+from .errors import ConfigError
+
+__all__ = ["VaultConfig", "config_help", "load_config"]
+
+
+def _f(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """Every setting of the vault, with its default and one line of help."""
+
+    account: str = _f("", "account id at the relay this vault serves (required)")
+    state_dir: str = _f("", "directory holding the secrets, databases and audit files (required)")
+    relay_url: str = _f("", "relay base URL to dial for the vault link; empty = no link")
+    host: str = _f("127.0.0.1", "address of the staff API (the controller's own network)")
+    port: int = _f(8470, "port of the staff API")
+    passphrase_file: str = _f("", "file holding the passphrase that protects the secret files")
+    relay_ca_file: str = _f("", "CA bundle to verify the relay's TLS certificate (default: system)")
+    batch_max: int = _f(256, "most envelopes committed in one group commit")
+    batch_wait_ms: int = _f(20, "how long the link waits to fill a batch before committing")
+    busy_timeout_ms: int = _f(2000, "how long a write waits on a locked database before failing")
+    checkpoint_every: int = _f(100, "sign an audit checkpoint after this many new audit entries")
+    checkpoint_interval_s: float = _f(300.0, "sign an audit checkpoint at least this often "
+                                      "when the log has grown")
+    backoff_initial_s: float = _f(0.5, "first reconnect delay of the vault link (jittered)")
+    backoff_max_s: float = _f(60.0, "longest reconnect delay of the vault link")
+    watchdog_interval_s: float = _f(10.0, "systemd WATCHDOG=1 interval when $NOTIFY_SOCKET is set")
+
+    @property
+    def state_path(self) -> pathlib.Path:
+        """``state_dir`` as a path."""
+        return pathlib.Path(self.state_dir)
+
+
+def config_help() -> dict[str, str]:
+    """Field name -> help line (the docs test checks every field is documented)."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(VaultConfig)}
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    try:
+        if typ in ("int", int):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if typ in ("float", float):
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"config field {name} has the wrong type") from None
+
+
+def load_config(path: str | os.PathLike[str] | None,
+                env: Mapping[str, str] | None = None) -> VaultConfig:
+    """Read the TOML file (if any), apply ``VAULT_*`` overrides, validate."""
+    values: dict[str, Any] = {}
+    fields = {f.name: f.type for f in dataclasses.fields(VaultConfig)}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        table = doc.get("vault", {})
+        if not isinstance(table, dict):
+            raise ConfigError("config [vault] must be a table")
+        unknown = set(table) - set(fields)
+        if unknown:
+            raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        values.update(table)
+    env = os.environ if env is None else env
+    for name in fields:
+        key = f"VAULT_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values = {k: _coerce(k, fields[k], v) for k, v in values.items()}
+    cfg = VaultConfig(**values)
+    if not ACCOUNT_PATTERN.fullmatch(cfg.account):
+        raise ConfigError("config field account is missing or out of pattern")
+    if not cfg.state_dir:
+        raise ConfigError("config field state_dir is required")
+    if not 1 <= cfg.batch_max <= 1024:
+        raise ConfigError("config field batch_max must be 1..1024 (receipt item limit)")
+    if cfg.relay_url and not cfg.relay_url.startswith(("http://", "https://")):
+        raise ConfigError("config field relay_url must be an http(s) URL")
+    return cfg

@@ -1,0 +1,60 @@
+"""Prometheus metrics of one vault, on a registry of its own (no global state).
+
+Labels take only bounded, non-personal values: refusal codes, anomaly kinds and
+link states from fixed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["LINK_STATES", "VaultMetrics"]
+
+LINK_STATES = ("disabled", "connecting", "authenticating", "ready", "backoff")
+
+
+class VaultMetrics:
+    """Every metric the vault exposes on /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ingested = Counter("vault_ingested_envelopes", "Envelopes durably stored",
+                                registry=r)
+        self.duplicates = Counter("vault_duplicate_envelopes",
+                                  "Envelopes received again and acknowledged again", registry=r)
+        self.rejected = Counter("vault_rejected_envelopes", "Envelopes refused, by stable code",
+                                ["reason"], registry=r)
+        self.anomalies = Counter("vault_anomalies", "Security anomalies, by kind", ["kind"],
+                                 registry=r)
+        self.receipts = Counter("vault_receipts_sent", "Batched receipts sent to the relay",
+                                registry=r)
+        self.incomplete = Gauge("vault_incomplete_engagements",
+                                "Engagements whose end frame shows gaps", registry=r)
+        self.engagements = Gauge("vault_engagements", "Stored (not erased) engagements",
+                                 registry=r)
+        self.envelopes = Gauge("vault_stored_envelopes", "Stored envelopes", registry=r)
+        self.store_bytes = Gauge("vault_store_bytes", "Size of vault.db and its WAL", registry=r)
+        self.audit_entries = Gauge("vault_audit_entries", "Entries in the audit log", registry=r)
+        self.key_age = Gauge("vault_encryption_key_age_seconds",
+                             "Age of the current vault encryption key", registry=r)
+        self.link_state = Gauge("vault_link_state", "1 for the vault link's current state",
+                                ["state"], registry=r)
+        self.link_reconnects = Counter("vault_link_reconnects",
+                                       "Vault link connection attempts after the first",
+                                       registry=r)
+        self.link_backlog = Gauge("vault_link_backlog",
+                                  "Outbox backlog the relay reported at the last ready",
+                                  registry=r)
+        self.set_link_state("disabled")
+
+    def set_link_state(self, state: str) -> None:
+        """Mark ``state`` (one of LINK_STATES) as the current link state."""
+        for s in LINK_STATES:
+            self.link_state.labels(state=s).set(1 if s == state else 0)
+
+    def count_anomaly(self, kind: str, code: str) -> None:
+        """Ingest's anomaly hook: count by kind and refusal code."""
+        self.anomalies.labels(kind=kind).inc()
+        if code != "vault.gap":
+            self.rejected.labels(reason=code).inc()

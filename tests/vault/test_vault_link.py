@@ -1,0 +1,217 @@
+"""The vault's side of the vault link against a minimal relay peer on 127.0.0.1 that
+speaks envelope/link.py with envelope's own functions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+
+import nacl.utils
+import pytest
+from aiohttp import WSMsgType, web
+
+from controller_vault.config import VaultConfig
+from controller_vault.link_client import VaultLink, backoff_delay, relay_origin
+from controller_vault.metrics import VaultMetrics
+from envelope import (
+    PartyKeys,
+    b64e,
+    encode_outbox_frame,
+    envelope_hash,
+    parse_envelope,
+    verify_link_auth,
+    verify_receipt,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@dataclasses.dataclass
+class RelayPeer:
+    """Outbox + link endpoint, as the relay will run it (simplified: one account)."""
+
+    identity_pk: bytes
+    outbox: dict[int, bytes]
+    origin_override: str | None = None
+    drop_after: int | None = None  # close the first session after sending this many
+    sessions: int = 0
+    auth_ok: int = 0
+    acked: list[str] = dataclasses.field(default_factory=list)
+    origin: str = ""
+    all_acked: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sessions += 1
+        nonce = nacl.utils.random(32)
+        await ws.send_json({"type": "challenge", "v": 1, "nonce": b64e(nonce),
+                            "origin": self.origin_override or self.origin})
+        msg = await ws.receive(timeout=5)
+        if msg.type != WSMsgType.TEXT:
+            return ws
+        try:
+            verify_link_auth(msg.json(), self.identity_pk, account="clinic", nonce=nonce,
+                             origin=self.origin)
+        except Exception:
+            await ws.close(code=4401, message=b"link.auth_failed")
+            return ws
+        self.auth_ok += 1
+        await ws.send_json({"type": "ready", "backlog": len(self.outbox), "window": 64})
+        for n, (seq, env) in enumerate(sorted(self.outbox.items())):
+            if self.drop_after is not None and self.sessions == 1 and n == self.drop_after:
+                await ws.close(code=1001, message=b"going-away")
+                return ws
+            await ws.send_bytes(encode_outbox_frame(seq, env))
+        async for msg in ws:
+            doc = msg.json()
+            if doc.get("type") == "ack":
+                items = verify_receipt(doc["receipt"], self.identity_pk, account="clinic")
+                deleted = 0
+                for item in items:
+                    for seq, env in list(self.outbox.items()):
+                        if envelope_hash(env) == item.envelope_hash:
+                            del self.outbox[seq]
+                            deleted += 1
+                    self.acked.append(item.envelope_hash)
+                await ws.send_json({"type": "acked", "deleted": deleted})
+                if not self.outbox:
+                    self.all_acked.set()
+        return ws
+
+
+@pytest.fixture
+async def peer_server(vault):
+    servers = []
+
+    async def start(peer: RelayPeer) -> str:
+        app = web.Application()
+        app.router.add_get("/v1/vault/link", peer.handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        servers.append(runner)
+        peer.origin = f"http://127.0.0.1:{port}"
+        return peer.origin
+
+    yield start
+    for runner in servers:
+        await runner.cleanup()
+
+
+def _outbox(vault, n: int, engagement: str = "eng-00000001") -> dict[int, bytes]:
+    from envelope import encode_body, seal
+
+    visitor = PartyKeys.generate()
+    return {i + 1: seal(encode_body("message", {"text": f"m{i}"}), sender=visitor,
+                        role="visitor", account="clinic", engagement=engagement,
+                        sequence=i + 1, kind="message",
+                        recipients=[vault.keys.current_key.public_bytes])
+            for i in range(n)}
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _link(vault, url: str, metrics: VaultMetrics | None = None) -> VaultLink:
+    cfg = VaultConfig(account="clinic", state_dir=str(vault.state), relay_url=url,
+                      batch_max=16, batch_wait_ms=10, backoff_initial_s=0.05,
+                      backoff_max_s=0.2)
+    return VaultLink(cfg, vault.keys, vault.ingestor, metrics or VaultMetrics(),
+                     rng=random.Random(1))
+
+
+async def test_link_ingests_the_outbox_and_acknowledges_after_commit(vault, peer_server):
+    outbox = _outbox(vault, 50)
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox))
+    metrics = VaultMetrics()
+    link = _link(vault, await peer_server(peer), metrics)
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        await _stop(task)
+    assert peer.auth_ok == 1 and not peer.outbox
+    assert sorted(peer.acked) == sorted(envelope_hash(e) for e in outbox.values())
+    assert await vault.envelope_count() == 50
+    text = __import__("prometheus_client").generate_latest(metrics.registry).decode()
+    assert 'vault_link_state{state="ready"} 1.0' in text
+    assert "vault_receipts_sent_total" in text
+
+
+async def test_link_reconnects_and_redelivery_is_stored_once(vault, peer_server):
+    outbox = _outbox(vault, 40)
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox), drop_after=25)
+    link = _link(vault, await peer_server(peer))
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        await _stop(task)
+    assert peer.sessions >= 2
+    assert await vault.envelope_count() == 40
+    ids = {parse_envelope(e).header.envelope_id for e in outbox.values()}
+    assert set(await vault.store.known_envelopes(ids)) == ids
+
+
+async def test_link_refuses_a_challenge_for_another_origin(vault, peer_server):
+    peer = RelayPeer(vault.keys.identity.public_bytes, _outbox(vault, 3),
+                     origin_override="https://evil-relay.example")
+    link = _link(vault, await peer_server(peer))
+    task = asyncio.create_task(link.run())
+    try:
+        for _ in range(100):
+            if peer.sessions >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await _stop(task)
+    assert peer.sessions >= 2 and peer.auth_ok == 0
+    assert link.last_close_code == "link.wrong_origin"
+    assert await vault.envelope_count() == 0
+
+
+def test_backoff_is_jittered_and_capped():
+    rng = random.Random(7)
+    delays = [backoff_delay(a, 0.5, 60, rng) for a in range(12)]
+    assert all(0 <= d <= 60 for d in delays)
+    assert max(delays[:3]) <= 2.0 and len(set(delays)) == len(delays)
+
+
+def test_relay_origin_normalises_default_ports():
+    assert relay_origin("https://Relay.Example:443/base/") == "https://relay.example"
+    assert relay_origin("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+async def test_locked_store_means_no_ack_then_redelivery_after_reconnect(vault, peer_server):
+    import sqlite3
+
+    outbox = _outbox(vault, 20)
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox))
+    await vault.store._db.execute("PRAGMA busy_timeout = 50")
+    await vault.keystore._db.execute("PRAGMA busy_timeout = 50")
+    lock = sqlite3.connect(vault.state / "keys.db", timeout=0.1)
+    lock.execute("BEGIN EXCLUSIVE")
+    link = _link(vault, await peer_server(peer))
+    task = asyncio.create_task(link.run())
+    try:
+        for _ in range(200):
+            if peer.sessions >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert peer.sessions >= 2 and peer.acked == []
+        assert await vault.envelope_count() == 0
+        lock.rollback()
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        lock.close()
+        await _stop(task)
+    assert await vault.envelope_count() == 20
+    assert len(set(peer.acked)) == 20
