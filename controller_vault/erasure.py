@@ -3,7 +3,13 @@
 Erasure order matters: the data key is destroyed first (the point of no return: from
 then on no copy of vault.db anywhere can be read), then the rows are deleted, a
 tombstone kept and the WALs truncated. A crash between the two steps leaves only
-unreadable ciphertext, which the next erasure of the same engagement removes.
+unreadable ciphertext, which the next erasure of the same engagement removes: the
+blind index rows go with the data rows, so a re-run of a subject erasure still finds
+every engagement (erasure is idempotent, never silently half-done).
+
+:func:`erase_and_notify` also signs the erasure notice (engagement ids, time, rule:
+the controller's receipt and the processor's evidence) and queues it in vault.db in
+the same transaction as the row deletion, for the link to deliver to the relay.
 """
 
 from __future__ import annotations
@@ -11,11 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from envelope import canonical_json, sign_erasure_notice
+from envelope.limits import MAX_RECEIPT_ITEMS
+
 from .atrest import open_row
+from .keyfiles import VaultKeys
 from .keystore import KeyStore
 from .store import AuditRecord, VaultStore
 
-__all__ = ["OpenedRow", "erase_engagements", "read_engagement"]
+__all__ = ["ErasureOutcome", "OpenedRow", "erase_and_notify", "erase_engagements",
+           "read_engagement"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +64,36 @@ async def erase_engagements(store: VaultStore, keystore: KeyStore, engagements: 
     return await store.erase_engagements(
         engs, now, rule, AuditRecord(actor, "erase", purpose, ",".join(engs),
                                      {"engagements": len(engs), "rule": rule}))
+
+
+@dataclass(frozen=True)
+class ErasureOutcome:
+    """What an erasure did: the engagements, rows deleted and the signed receipts."""
+
+    engagements: tuple[str, ...]
+    rows_deleted: int
+    receipts: tuple[dict[str, str], ...]
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON answer of the erasure routes and CLI."""
+        return {"engagements": list(self.engagements), "rows_deleted": self.rows_deleted,
+                "receipts": list(self.receipts)}
+
+
+async def erase_and_notify(store: VaultStore, keystore: KeyStore, keys: VaultKeys,
+                           engagements: Sequence[str], *, actor: str, purpose: str,
+                           rule: str, now: int) -> ErasureOutcome:
+    """Crypto-shred ``engagements`` and queue one signed notice per chunk for the relay."""
+    engs = sorted(set(engagements))
+    if not engs:
+        return ErasureOutcome((), 0, ())
+    receipts = tuple(
+        sign_erasure_notice(keys.identity, account=keys.account,
+                            engagements=engs[i:i + MAX_RECEIPT_ITEMS], at=now, rule=rule)
+        for i in range(0, len(engs), MAX_RECEIPT_ITEMS))
+    await keystore.destroy(engs)
+    rows = await store.erase_engagements(
+        engs, now, rule, AuditRecord(actor, "erase", purpose, ",".join(engs),
+                                     {"engagements": len(engs), "rule": rule}),
+        notices=[canonical_json(r).decode() for r in receipts])
+    return ErasureOutcome(tuple(engs), rows, receipts)

@@ -26,6 +26,8 @@ database) StoreUnavailable propagates and no receipt exists: the relay keeps the
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,7 @@ from .atrest import blind_token, seal_row
 from .errors import IngestRejected
 from .keyfiles import VaultKeys
 from .keystore import KeyStore
+from .staff.redaction import RedactionRules, redact_body
 from .store import AuditRecord, NewEnvelope, VaultStore
 
 __all__ = ["ANOMALY_KINDS", "IngestResult", "Ingestor", "open_and_check"]
@@ -115,8 +118,16 @@ class Ingestor:
     """Verifies and stores batches for one vault; keeps the certified agent keys cached."""
 
     def __init__(self, keys: VaultKeys, store: VaultStore, keystore: KeyStore, *,
-                 on_anomaly: Callable[[str, str], None] | None = None) -> None:
+                 on_anomaly: Callable[[str, str], None] | None = None,
+                 redaction: RedactionRules | None = None,
+                 on_redacted: Callable[[dict[str, int]], None] | None = None,
+                 on_transcript_request: Callable[[str, str], None] | None = None) -> None:
         self._keys = keys
+        self._redaction = redaction
+        self._on_redacted = on_redacted
+        # Called after the commit with (engagement, address): the address never
+        # reaches a log, the audit or an error (see controller_vault.mail_service).
+        self._on_transcript_request = on_transcript_request
         self._store = store
         self._keystore = keystore
         self._on_anomaly = on_anomaly
@@ -219,20 +230,40 @@ class Ingestor:
         data_keys = await self._keystore.ensure_keys(
             sorted({p[1].header.engagement for p in pending}), now)
         rows = []
+        redacted: collections.Counter[str] = collections.Counter()
         for _data, opened, body, kid, digest in pending:
             h = opened.header
             tokens = tuple(blind_token(self._keys.index_key, f, body[f])
                            for f in SUBJECT_FIELDS.get(h.kind, ()) if body.get(f))
+            plaintext = opened.body
+            if self._redaction is not None:
+                # Masked here, before the first write: the original of a card number
+                # or national id never reaches vault.db, its WAL or a backup.
+                clean, counts = redact_body(h.kind, body, self._redaction)
+                if counts:
+                    redacted.update(counts)
+                    plaintext = json.dumps(clean, separators=(",", ":"),
+                                           ensure_ascii=False).encode("utf-8")
             rows.append(NewEnvelope(
                 envelope_id=h.envelope_id, engagement=h.engagement, envelope_hash=digest,
                 sender_key_id=h.sender_key_id, role=h.role, seq=h.sequence, kind=h.kind,
                 vault_key_id=kid,
                 ciphertext=seal_row(data_keys[h.engagement], h.engagement, h.envelope_id,
-                                    opened.body),
+                                    plaintext),
                 visitor_key=h.sender_public_key if h.role == "visitor" else None,
                 end_final=body["final"] if h.kind == "end" else None,
                 blind_tokens=tokens))
+        if redacted and audit:
+            # Counts per rule only (bounded keys), never the masked text.
+            audit[0] = dataclasses.replace(audit[0], detail={**audit[0].detail,
+                                                             "redacted": dict(redacted)})
         gaps = await self._store.commit_batch(rows, now, audit)
+        if redacted and self._on_redacted is not None:
+            self._on_redacted(dict(redacted))
+        if self._on_transcript_request is not None:
+            for _data, opened, body, _kid, _digest in pending:
+                if opened.header.kind == "transcript-request":
+                    self._on_transcript_request(opened.header.engagement, body["email"])
         incomplete = {e: m for e, m in gaps.items() if m}
         if incomplete:
             await self._store.append_audit(

@@ -12,6 +12,8 @@ envelope/link.py for the relay's side)::
                                                             batch_wait_ms of quiet
     -> {"type":"ack","receipt":{"body","sig"}}              only AFTER the batch commit
     <- {"type":"acked","deleted":N}
+    -> {"type":"erasure","notice":{"body","sig"}}          queued erasure notices, sent
+    <- {"type":"erasure-recorded","engagements":N}          by the NoticePump while ready
     <- {"type":"error","code","message"} / close(code, reason=code)
 
     on any close or error: reconnect after a jittered exponential backoff (full
@@ -23,6 +25,7 @@ envelope/link.py for the relay's side)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -41,6 +44,7 @@ from .errors import StoreUnavailable
 from .ingest import Ingestor
 from .keyfiles import VaultKeys
 from .metrics import VaultMetrics
+from .staff_services import NoticePump
 
 __all__ = ["VaultLink", "backoff_delay", "relay_origin"]
 
@@ -70,8 +74,11 @@ class VaultLink:
 
     def __init__(self, config: VaultConfig, keys: VaultKeys, ingestor: Ingestor,
                  metrics: VaultMetrics, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, notices: NoticePump | None = None,
+                 on_auth_failed: Callable[[], None] | None = None) -> None:
         self._config = config
+        self._notices = notices
+        self._on_auth_failed = on_auth_failed
         self._keys = keys
         self._ingestor = ingestor
         self._metrics = metrics
@@ -107,6 +114,9 @@ class VaultLink:
                     self.last_close_code = str(exc) if isinstance(exc, _Closed) else \
                         exc.__class__.__name__
                     log.warning("vault link closed: %s", self.last_close_code)
+                    if self._on_auth_failed is not None and self.last_close_code in (
+                            "link.auth_failed", "closed:4401"):
+                        self._on_auth_failed()
                 self._set_state("backoff")
                 delay = backoff_delay(attempt, self._config.backoff_initial_s,
                                       self._config.backoff_max_s, self._rng)
@@ -132,10 +142,18 @@ class VaultLink:
         self._set_state("ready")
         if isinstance(ready.get("backlog"), int):
             self._metrics.link_backlog.set(ready["backlog"])
-        while True:
-            frames = await self._collect(ws)
-            if frames:
-                await self._ingest_and_ack(ws, frames)
+        pump = (asyncio.create_task(self._notices.run(ws.send_json))
+                if self._notices is not None else None)
+        try:
+            while True:
+                frames = await self._collect(ws)
+                if frames:
+                    await self._ingest_and_ack(ws, frames)
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
 
     async def _json(self, ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any]:
         msg = await ws.receive(timeout=timeout)
@@ -183,6 +201,9 @@ class VaultLink:
             doc = json.loads(text)
         except ValueError:
             return
+        if isinstance(doc, dict) and doc.get("type") == "erasure-recorded" \
+                and self._notices is not None:
+            self._notices.recorded()
         if isinstance(doc, dict) and doc.get("type") == "error":
             log.warning("relay error frame: %s", str(doc.get("code"))[:64])
 

@@ -46,6 +46,8 @@ class VaultMetrics:
         self.link_backlog = Gauge("vault_link_backlog",
                                   "Outbox backlog the relay reported at the last ready",
                                   registry=r)
+        self.redactions = Counter("vault_redactions", "Values masked at ingest, by rule",
+                                  ["rule"], registry=r)  # rule names come from config
         self.set_link_state("disabled")
 
     def set_link_state(self, state: str) -> None:

@@ -20,6 +20,7 @@ from envelope import canonical_json
 
 from .audit import GENESIS, AuditEntry, entry_hash
 from .database import checkpoint_truncate, open_database, store_errors
+from .store_staff import StaffQueries
 
 __all__ = [
     "AuditRecord",
@@ -104,7 +105,7 @@ class StoreStats:
     bytes_on_disk: int
 
 
-class VaultStore:
+class VaultStore(StaffQueries):
     """Named operations on vault.db; nothing else in the vault writes SQL for it."""
 
     def __init__(self, db: aiosqlite.Connection, path: pathlib.Path, account: str) -> None:
@@ -289,8 +290,9 @@ class VaultStore:
             await self._append_audit([audit], now)
 
     async def erase_engagements(self, engagements: Sequence[str], now: int, rule: str,
-                                audit: AuditRecord) -> int:
-        """Delete every row of the engagements, keep a tombstone, truncate the WAL."""
+                                audit: AuditRecord, notices: Sequence[str] = ()) -> int:
+        """Delete every row of the engagements, keep a tombstone, queue the signed
+        notices for the relay (same transaction: none lost), truncate the WAL."""
         n = 0
         async with store_errors(self._db, "erase engagements"):
             for eng in engagements:
@@ -308,6 +310,9 @@ class VaultStore:
                     "ON CONFLICT(engagement) DO UPDATE SET visitor_key = NULL, "
                     "end_final = NULL, erased_at = ?, erase_rule = ?",
                     (eng, self.account, now, now, now, rule, now, rule))
+            await self._db.executemany(
+                "INSERT INTO erasure_notices (notice, created_at) VALUES (?, ?)",
+                [(n, now) for n in notices])
             await self._append_audit([audit], now)
         await checkpoint_truncate(self._db)
         return n
