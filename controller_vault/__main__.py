@@ -10,6 +10,8 @@ verify, relay refused), 2 bad usage or configuration.
     controller-vault certify-agent --agent NAME --enc-pk B64 --sig-pk B64 [--days N]
                                    [--relay URL --token TOKEN] (--config | --state-dir)
 
+Staff commands (token, transcripts, export, erase, retention): see staff_cli.py.
+
 The admin token may come from $RELAY_ADMIN_TOKEN instead of --token (keeps it out of
 the process list).
 """
@@ -30,6 +32,8 @@ from envelope import EnvelopeError, b64d
 
 from .config import VaultConfig, load_config
 from .errors import VaultError
+from .staff.errors import StaffError
+from .staff_cli import STAFF_COMMANDS, add_staff_commands
 
 if TYPE_CHECKING:
     from .audit import AuditProblem
@@ -77,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--days", type=int, default=365)
     cert.add_argument("--relay")
     cert.add_argument("--token", help="relay admin token (or $RELAY_ADMIN_TOKEN)")
+    add_staff_commands(sub, where)
     return p
 
 
@@ -233,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"init": _init, "serve": _serve, "rotate-key": _rotate, "pair": _pair,
                 "audit": _audit_verify, "certify-agent": _certify}
     try:
+        if args.command in STAFF_COMMANDS:
+            cfg = _config(args)
+            return STAFF_COMMANDS[args.command](args, cfg, _keys(cfg))
         return commands[args.command](args)
-    except VaultError as exc:
+    except (VaultError, StaffError) as exc:
         print(f"controller-vault: {exc.code}: {exc.message}", file=sys.stderr)
         return 2 if exc.code in ("vault.config", "cli.usage") else 1
     except (OSError, ValueError, KeyError) as exc:
