@@ -5,6 +5,7 @@ link (and kept while it is down), and alerts raised to a real webhook."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import nacl.utils
@@ -74,7 +75,8 @@ async def test_retention_sweeper_erases_exactly_what_is_past_its_age(make_staff_
     assert notice.at == NOW
 
 
-async def test_transcript_email_reaches_the_smtp_server(make_staff_vault, smtp_plain):
+async def test_transcript_email_reaches_the_smtp_server(make_staff_vault, smtp_plain, caplog):
+    caplog.set_level(logging.DEBUG)
     smtp = SmtpConfig(host="127.0.0.1", port=smtp_plain.port, security="none",
                       from_addr="noreply@clinic.example")
     v = await make_staff_vault(StaffSettings(smtp=smtp))
@@ -94,6 +96,7 @@ async def test_transcript_email_reaches_the_smtp_server(make_staff_vault, smtp_p
     assert audit[-1].detail == '{"outcome":"sent"}' and audit[-1].target == "eng-mail-0001"
     assert all("visitor@example.net" not in repr(e) for e, _, _ in
                await v.app[STORE].audit_rows())
+    assert "visitor@example.net" not in caplog.text and "my order" not in caplog.text
 
 
 class ErasurePeer:
@@ -193,3 +196,31 @@ async def test_anomalies_and_bursts_raise_alerts_to_the_webhook(make_staff_vault
     assert tampered["raised_at_unix"] == NOW and tampered["notify_deadline"]
     metrics = await (await v.client.get("/metrics")).text()
     assert 'vault_alerts_total{kind="tampered_envelope"} 1.0' in metrics
+
+
+async def test_a_refused_link_authentication_raises_an_alert(make_staff_vault, aiohttp_server):
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    hooks = web.Application()
+    hooks.router.add_post("/alerts", hook)
+    hook_server = await aiohttp_server(hooks)
+    # A relay that has another identity paired for the account refuses our proof.
+    peer = ErasurePeer(PartyKeys.generate().signing_public_bytes)
+    relay = web.Application()
+    relay.router.add_get("/v1/vault/link", peer.handler)
+    relay_server = await aiohttp_server(relay)
+    peer.origin = str(relay_server.make_url("/")).rstrip("/")
+    v = await make_staff_vault(
+        StaffSettings(alerts=AlertConfig(webhook_url=str(hook_server.make_url("/alerts")))),
+        relay_url=peer.origin, backoff_initial_s=0.05, backoff_max_s=0.2)
+
+    async def alerted() -> bool:
+        return any(a["kind"] == "link_auth_failed" for a in received)
+
+    await _wait_for(alerted)
+    await v.client.close()
+    assert [a["kind"] for a in received] == ["link_auth_failed"]  # one per quiet period
