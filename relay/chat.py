@@ -1,0 +1,460 @@
+"""Chat websocket handlers: the only I/O around the pure :mod:`relay.routing` rules.
+
+A frame is acknowledged to its sender only after it is durable (standard mode: the
+encrypted transcript item committed; compliance mode: the envelope committed to the
+outbox), then forwarded. Every refusal is an error frame, a metric, and a close with
+the stable code as reason; other connections are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from envelope import (
+    EnvelopeError,
+    b64d,
+    check_shape,
+    encode_body,
+    encode_outbox_frame,
+    envelope_hash,
+    key_id,
+    seal,
+    verify_agent_certificate,
+)
+
+from .abuse import ConnectionRateLimiter
+from .admin import hash_token
+from .logs import log_event
+from .protocol import ProtocolError, close_code_for, parse_text_frame
+from .routing import Delivery, Engagement, Router, RoutingError
+from .state import STATE, RelayState
+from .store import Account, OutboxEntry
+
+__all__ = ["ChatHub", "agent_socket", "visitor_socket"]
+
+_HELLO_TIMEOUT = 10.0
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class _Conn:
+    def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str) -> None:
+        self.id, self.ws, self.role, self.account = conn_id, ws, role, account
+        self.lock = asyncio.Lock()
+
+
+class ChatHub:
+    """Live sockets, the router, and the glue between them."""
+
+    def __init__(self, st: RelayState) -> None:
+        self.st = st
+        cfg = st.config
+        self.router = Router(buffer_frames=cfg.resume_buffer_frames,
+                             resume_grace=cfg.resume_grace_seconds,
+                             queue_timeout=cfg.queue_timeout_seconds)
+        self.conns: dict[str, _Conn] = {}
+        self.rate = ConnectionRateLimiter(cfg.connections_per_ip_per_minute)
+        self._ids = itertools.count(1)
+        self.outbox_bytes = 0
+        self.closing = False
+
+    def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> _Conn:
+        """Register a socket."""
+        conn = _Conn(f"c{next(self._ids)}", ws, role, account)
+        self.conns[conn.id] = conn
+        self.st.metrics.connections.labels(role).inc()
+        self.st.metrics.connections_total.labels(role).inc()
+        return conn
+
+    def drop_conn(self, conn: _Conn) -> None:
+        """Forget a socket."""
+        if self.conns.pop(conn.id, None) is not None:
+            self.st.metrics.connections.labels(conn.role).dec()
+
+    async def deliver(self, deliveries: list[Delivery]) -> None:
+        """Send what the router decided; a dead socket is skipped (resume replays)."""
+        for d in deliveries:
+            conn = self.conns.get(d.conn)
+            if conn is None or conn.ws.closed:
+                continue
+            if d.payload == {"type": "superseded"}:
+                asyncio.get_running_loop().create_task(
+                    _refuse(self.st, conn.ws, "session.superseded", "a newer socket took over"))
+                continue
+            try:
+                async with conn.lock:
+                    if isinstance(d.payload, bytes):
+                        await conn.ws.send_bytes(encode_outbox_frame(d.dseq or 0, d.payload))
+                    else:
+                        frame = dict(d.payload)
+                        if d.dseq is not None:
+                            frame["dseq"] = d.dseq
+                        await conn.ws.send_json(frame)
+            except (ConnectionError, RuntimeError):
+                continue
+
+    async def persist_records(self) -> None:
+        """Write changed engagement records (rounded, non-personal)."""
+        from .records import round_down
+        from .store import EngagementRecord
+
+        g = self.st.config.record_granularity_seconds
+        records = []
+        for e in self.router.take_dirty():
+            wait = None if e.accepted_at is None else int(e.accepted_at - e.started_at)
+            first = None if e.first_response_at is None or e.accepted_at is None else \
+                int(e.first_response_at - e.accepted_at)
+            records.append(EngagementRecord(
+                engagement=e.id, account=e.account, mode=e.mode,
+                started_at=round_down(e.started_at, g),
+                ended_at=None if e.ended_at is None else round_down(e.ended_at, g),
+                queue_wait_s=wait, first_response_s=first, agent=e.agent,
+                outcome=e.outcome, **e.counts))
+            if e.ended_at is not None:
+                self.st.metrics.engagements_total.labels(e.outcome).inc()
+        if records:
+            await self.st.store.upsert_engagements(records)
+        self.st.metrics.engagements_active.set(len(self.router.engagements))
+
+    def account_changed(self, account: str) -> None:
+        """Mode or vault key changed: end live engagements and tell clients to re-key."""
+        now = self.st.clock()
+        for eng in [e for e in self.router.engagements.values() if e.account == account]:
+            self.router.end(eng=eng, role="relay", now=now)
+        for conn in [c for c in self.conns.values() if c.account == account]:
+            asyncio.get_running_loop().create_task(
+                _refuse(self.st, conn.ws, "mode.changed", "account changed: reconnect"))
+
+    async def tick(self) -> None:
+        """Run the router's time rules and persist records."""
+        await self.deliver(self.router.tick(self.st.clock()))
+        await self.persist_records()
+        self.outbox_bytes = (await self.st.store.outbox_stats()).total_bytes
+
+    async def close_all(self) -> None:
+        """Graceful shutdown: every socket closed with going-away (clients resume later)."""
+        self.closing = True
+        for conn in list(self.conns.values()):
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=1001, message=b"going-away")
+        await self.persist_records()
+
+
+async def _refuse(st: RelayState, ws: web.WebSocketResponse, code: str, message: str,
+                  **ids: Any) -> None:
+    st.metrics.frames_refused.labels(code).inc()
+    log_event(st.logger, logging.INFO, "chat.refused", code=code, **ids)
+    with contextlib.suppress(Exception):
+        if not ws.closed:
+            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.close(code=close_code_for(code), message=code.encode())
+
+
+def _client_address(st: RelayState, request: web.Request) -> str:
+    peer = request.remote or ""
+    if peer in st.config.trusted_proxies:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip()
+    return peer
+
+
+async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSocketResponse]:
+    st = request.app[STATE]
+    assert st.hub is not None
+    # aiohttp's own limit is a hard backstop; the configured limit is checked per frame
+    # so an oversized frame gets our error frame and code.
+    ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4,
+                               heartbeat=st.config.heartbeat_seconds)
+    await ws.prepare(request)
+    return st, st.hub, ws
+
+
+async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float) -> Any:
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        raise _Refused("session.idle_timeout", "no frame in time") from None
+    if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+        if len(msg.data) > st.config.max_frame_bytes:
+            raise _Refused("frame.too_large", "frame exceeds the size limit")
+        return msg
+    if msg.type == WSMsgType.ERROR:
+        raise _Refused("frame.too_large", "frame refused by the transport")
+    return None
+
+
+async def _hello(st: RelayState, ws: web.WebSocketResponse, role: str, compliance: bool) -> Any:
+    try:
+        msg = await _receive(st, ws, _HELLO_TIMEOUT)
+    except _Refused as exc:
+        raise _Refused("hello.timeout" if exc.code == "session.idle_timeout" else exc.code,
+                       exc.message) from None
+    if msg is None:
+        return None
+    if msg.type != WSMsgType.TEXT:
+        raise _Refused("frame.malformed", "the first frame must be hello")
+    frame = parse_text_frame(msg.data, role=role, compliance=compliance)
+    if frame.type != "hello":
+        raise _Refused("frame.malformed", "the first frame must be hello")
+    return frame
+
+
+async def _seal_connection_info(st: RelayState, acct: Account, eng: Engagement,
+                                request: web.Request, visitor_id: str | None) -> None:
+    """Seal the visitor's address and user agent to the vault; keep neither on disk."""
+    assert acct.vault_key is not None
+    body: dict[str, Any] = {"ip": _client_address(st, request),
+                            "user_agent": request.headers.get("User-Agent", "")[:1024]}
+    if visitor_id:
+        body["visitor_id"] = visitor_id
+    seq = eng.last_seq.get("relay", 0) + 1
+    data = seal(encode_body("connection-info", body), sender=st.keyring.relay_keys,
+                role="relay", account=acct.account, engagement=eng.id, sequence=seq,
+                kind="connection-info", recipients=[acct.vault_key])
+    header = check_shape(data, account=acct.account, vault_key_id=acct.vault_key_id or "")
+    await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
+                                              envelope_hash(data), data, int(st.clock()))])
+    eng.last_seq["relay"] = seq
+
+
+async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement, role: str,
+                   agent: str | None, seq: int, payload: dict[str, Any] | bytes) -> None:
+    """Make one message durable (outbox or encrypted transcript) before it is acked."""
+    now = int(st.clock())
+    if isinstance(payload, bytes):
+        if hub.outbox_bytes + len(payload) > st.config.outbox_max_bytes:
+            raise _Refused("outbox.full", "the account's outbox is full; try later")
+        header = check_shape(payload, account=acct.account,
+                             vault_key_id=acct.vault_key_id or "")
+        await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
+                                                  envelope_hash(payload), payload, now)])
+        hub.outbox_bytes += len(payload)
+    else:
+        item = {"role": role, "agent": agent, "seq": seq, "text": payload["text"], "ts": now}
+        rows = await st.cipher.seal_items(acct.account, eng.id, [item], now)
+        await st.store.append_transcript(rows)
+
+
+async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse, acct: Account,
+                   eng: Engagement, role: str, agent: str | None, stream: str, seq: int,
+                   payload: dict[str, Any] | bytes) -> None:
+    started = time.perf_counter()
+    Router.check_seq(eng, stream, seq)
+    await _durable(st, hub, acct, eng, role, agent, seq, payload)
+    size = len(payload) if isinstance(payload, bytes) else len(str(payload.get("text", "")))
+    deliveries = hub.router.message(eng=eng, role=role, stream=stream, seq=seq,
+                                    payload=payload, size=size, now=st.clock())
+    await conn_ws.send_json({"type": "ack", "engagement": eng.id, "seq": seq})
+    await hub.deliver(deliveries)
+    st.metrics.frames_relayed.labels(acct.mode, f"from_{role}").inc()
+    st.metrics.routing_latency.observe(time.perf_counter() - started)
+
+
+def _envelope_for(acct: Account, data: bytes, role: str, sender_kid: str | None) -> Any:
+    header = check_shape(data, account=acct.account, vault_key_id=acct.vault_key_id or "")
+    # The sender key must be the one this party announced (visitor) or was certified
+    # for (agent): a party cannot inject frames under another party's stream.
+    if header.role != role or (sender_kid is not None and header.sender_key_id != sender_kid):
+        raise _Refused("sender.mismatch", "envelope sender is not this party")
+    return header
+
+
+async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
+    """``GET /v1/chat/visitor/{account}``: one visitor, one engagement."""
+    st, hub, ws = await _prepare(request)
+    acct = await st.store.get_account(request.match_info["account"])
+    ids: dict[str, Any] = {"role": "visitor"}
+    conn = None
+    eng: Engagement | None = None
+    try:
+        if hub.closing:
+            raise _Refused("going-away", "relay shutting down")
+        if not hub.rate.allow(_client_address(st, request), st.clock()):
+            raise _Refused("rate.limited", "too many connections from this address")
+        if acct is None:
+            raise _Refused("account.not_found", "no such account")
+        ids["account"] = acct.account
+        origin = request.headers.get("Origin", "")
+        if origin not in acct.origins and origin not in st.config.extra_origins:
+            # Stops another site's page from opening chats as this account's widget.
+            raise _Refused("origin.forbidden", "origin not allowed for this account")
+        compliance = acct.mode == "compliance"
+        hello = await _hello(st, ws, "visitor", compliance)
+        if hello is None:
+            return ws
+        conn = hub.new_conn(ws, "visitor", acct.account)
+        if hello.resume:
+            eng, replay = hub.router.resume_visitor(resume_token=hello.resume, conn=conn.id,
+                                                    last=hello.last or 0, now=st.clock())
+            if eng.account != acct.account:
+                raise _Refused("resume.unknown", "nothing to resume")
+        else:
+            if compliance and hello.keys is None:
+                raise _Refused("frame.bad_field", "compliance mode needs visitor keys")
+            if hub.router.live_count(acct.account) >= st.config.max_engagements_per_account:
+                raise _Refused("account.busy", "too many live engagements")
+            replay = hub.router.open_engagement(
+                account=acct.account, mode=acct.mode, engagement=secrets.token_urlsafe(12),
+                conn=conn.id, resume_token=secrets.token_urlsafe(24),
+                visitor_keys=hello.keys, now=st.clock())
+            eng = hub.router.visitor_engagement(conn.id)
+        ids["engagement"] = eng.id
+        visitor_kid = key_id(b64d(eng.visitor_keys["sig"])) if eng.visitor_keys else None
+        if compliance:
+            await _seal_connection_info(st, acct, eng, request, hello.visitor_id)
+        await ws.send_json({"type": "welcome", "engagement": eng.id,
+                            "resume": eng.resume_token, "mode": acct.mode,
+                            "account": acct.account, "vault_key_id": acct.vault_key_id,
+                            "acked": Router.acked(eng, "visitor"), "agent": eng.agent,
+                            "key_id": eng.agent_key_id})
+        await hub.deliver(replay)
+        await hub.persist_records()
+        while True:
+            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
+            if msg is None:
+                break
+            eng = hub.router.visitor_engagement(conn.id)
+            if msg.type == WSMsgType.BINARY:
+                if not compliance:
+                    raise _Refused("frame.not_binary", "standard mode takes text frames")
+                header = _envelope_for(acct, msg.data, "visitor", visitor_kid)
+                hub.router.engagement_for(header.engagement, acct.account)
+                if header.engagement != eng.id:
+                    raise _Refused("envelope.wrong_engagement", "envelope for another engagement")
+                await _message(st, hub, ws, acct, eng, "visitor", None, "visitor",
+                               header.sequence, bytes(msg.data))
+                continue
+            frame = parse_text_frame(msg.data, role="visitor", compliance=compliance)
+            if frame.type == "msg":
+                assert frame.seq is not None
+                await _message(st, hub, ws, acct, eng, "visitor", None, "visitor", frame.seq,
+                               {"type": "msg", "engagement": eng.id, "from": "visitor",
+                                "seq": frame.seq, "text": frame.text})
+            elif frame.type == "typing":
+                await hub.deliver(hub.router.typing(eng=eng, role="visitor",
+                                                    on=bool(frame.on)))
+            elif frame.type == "end":
+                await hub.deliver(hub.router.end(eng=eng, role="visitor", now=st.clock()))
+                await hub.persist_records()
+                await ws.close(code=1000, message=b"normal")
+                break
+            elif frame.type == "ping":
+                await ws.send_json({"type": "pong"})
+    except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
+        await _refuse(st, ws, exc.code, _message_of(exc), **ids)
+    finally:
+        if conn is not None:
+            hub.router.visitor_left(conn.id, st.clock())
+            hub.drop_conn(conn)
+    return ws
+
+
+def _message_of(exc: Exception) -> str:
+    return str(getattr(exc, "message", "") or exc.args[0] if exc.args else "refused")
+
+
+async def _agent_identity(st: RelayState, request: web.Request) -> tuple[str, str]:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.startswith("Bearer ") else ""
+    record = await st.store.find_token(hash_token(token)) if token else None
+    if record is None:
+        raise _Refused("auth.bad_token", "unknown agent token")
+    if record.kind != "agent" or record.agent is None:
+        raise _Refused("auth.forbidden", "not an agent token")
+    return record.account, record.agent
+
+
+async def agent_socket(request: web.Request) -> web.WebSocketResponse:
+    """``GET /v1/chat/agent``: one agent device, many engagements."""
+    st, hub, ws = await _prepare(request)
+    ids: dict[str, Any] = {"role": "agent"}
+    conn = None
+    try:
+        account, agent = await _agent_identity(st, request)
+        acct = await st.store.get_account(account)
+        if acct is None:
+            raise _Refused("account.not_found", "no such account")
+        ids.update(account=account, agent=agent)
+        compliance = acct.mode == "compliance"
+        hello = await _hello(st, ws, "agent", compliance)
+        if hello is None:
+            return ws
+        agent_kid = None
+        if compliance:
+            certs = {c.key_id: c for c in await st.store.agent_certificates(account)
+                     if c.agent == agent}
+            if hello.key_id not in certs or acct.identity_key is None:
+                raise _Refused("auth.forbidden", "no certificate for this agent key")
+            cert = verify_agent_certificate(certs[hello.key_id].certificate, acct.identity_key,
+                                            account=account, now=int(st.clock()))
+            agent_kid = key_id(cert.signing_public_key)
+        conn = hub.new_conn(ws, "agent", account)
+        attached, replay = hub.router.agent_online(
+            account=account, agent=agent, key_id=hello.key_id, capacity=hello.capacity or 5,
+            conn=conn.id, last=hello.last_by_engagement or {}, now=st.clock())
+        await ws.send_json({"type": "welcome", "agent": agent, "account": account,
+                            "mode": acct.mode, "vault_key_id": acct.vault_key_id,
+                            "engagements": attached})
+        await hub.deliver(replay)
+        stream = f"agent:{agent}"
+        while True:
+            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
+            if msg is None:
+                break
+            if msg.type == WSMsgType.BINARY:
+                if not compliance:
+                    raise _Refused("frame.not_binary", "standard mode takes text frames")
+                header = _envelope_for(acct, msg.data, "agent", agent_kid)
+                eng = hub.router.agent_engagement(conn.id, header.engagement)[1]
+                await _message(st, hub, ws, acct, eng, "agent", agent, stream, header.sequence,
+                               bytes(msg.data))
+                continue
+            frame = parse_text_frame(msg.data, role="agent", compliance=compliance)
+            ids["engagement"] = frame.engagement
+            if frame.type == "ping":
+                await ws.send_json({"type": "pong"})
+            elif frame.type == "accept":
+                assert frame.engagement is not None
+                await hub.deliver(hub.router.accept(conn.id, frame.engagement, st.clock()))
+                await hub.persist_records()
+            elif frame.type == "transfer":
+                if frame.to is None:
+                    raise _Refused("frame.bad_field", "transfer needs a target agent")
+                assert frame.engagement is not None
+                await hub.deliver(hub.router.transfer(conn.id, frame.engagement, frame.to,
+                                                      st.clock()))
+                await hub.persist_records()
+            else:
+                assert frame.engagement is not None
+                eng = hub.router.agent_engagement(conn.id, frame.engagement)[1]
+                if frame.type == "msg":
+                    assert frame.seq is not None
+                    await _message(st, hub, ws, acct, eng, "agent", agent, stream, frame.seq,
+                                   {"type": "msg", "engagement": eng.id, "from": "agent",
+                                    "agent": agent, "seq": frame.seq, "text": frame.text})
+                elif frame.type == "typing":
+                    await hub.deliver(hub.router.typing(eng=eng, role="agent",
+                                                        on=bool(frame.on)))
+                elif frame.type == "end":
+                    await hub.deliver(hub.router.end(eng=eng, role="agent", now=st.clock()))
+                    await hub.persist_records()
+    except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
+        await _refuse(st, ws, exc.code, _message_of(exc), **ids)
+    finally:
+        if conn is not None:
+            hub.router.agent_left(conn.id, st.clock())
+            hub.drop_conn(conn)
+    return ws
