@@ -297,10 +297,9 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             return ws
         conn = hub.new_conn(ws, "visitor", acct.account)
         if hello.resume:
-            eng, replay = hub.router.resume_visitor(resume_token=hello.resume, conn=conn.id,
-                                                    last=hello.last or 0, now=st.clock())
-            if eng.account != acct.account:
-                raise _Refused("resume.unknown", "nothing to resume")
+            eng, replay = hub.router.resume_visitor(
+                account=acct.account, resume_token=hello.resume, conn=conn.id,
+                last=hello.last or 0, now=st.clock())
         else:
             if compliance and hello.keys is None:
                 raise _Refused("frame.bad_field", "compliance mode needs visitor keys")

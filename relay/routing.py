@@ -216,11 +216,14 @@ class Router:
         return self._to_visitor(eng, {"type": "queued", "engagement": engagement}) + \
             self._offer(eng)
 
-    def resume_visitor(self, *, resume_token: str, conn: str, last: int,
+    def resume_visitor(self, *, account: str, resume_token: str, conn: str, last: int,
                        now: float) -> tuple[Engagement, list[Delivery]]:
         """A visitor reconnects: replay every delivery after ``last``."""
         eng_id = self._by_token.get(resume_token)
-        if eng_id is None or eng_id not in self.engagements:
+        # Checked before anything changes: a token presented on another account's socket
+        # must not detach the real visitor (cross-tenant hijack).
+        if eng_id is None or eng_id not in self.engagements or \
+                self.engagements[eng_id].account != account:
             raise RoutingError("resume.unknown", "nothing to resume")
         eng = self.engagements[eng_id]
         out: list[Delivery] = []
