@@ -79,7 +79,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     log_event(st.logger, 20, "relay.started", port=st.config.port)
     yield
     st.ready = False
-    await st.hub.close_all()
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -87,6 +86,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # The store's close drains the group-commit queue: nothing acknowledged is lost.
     await st.store.close()
     log_event(st.logger, 20, "relay.stopped")
+
+
+async def _going_away(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp drops open connections: clients get a proper
+    # going-away close (and resume elsewhere) instead of a broken socket.
+    st = app[STATE]
+    st.ready = False
+    if st.hub is not None:
+        await st.hub.close_all()
 
 
 def create_app(config: RelayConfig, *, clock: Callable[[], float] = time.time,
@@ -113,4 +121,5 @@ def create_app(config: RelayConfig, *, clock: Callable[[], float] = time.time,
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_going_away)
     return app
