@@ -19,8 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admin import error_middleware, routes
 from .atrest import TranscriptCipher
-from .chat import ChatHub, agent_socket, visitor_socket
+from .chat import agent_socket, visitor_socket
 from .config import RelayConfig, read_operator_token
+from .hub import ChatHub
 from .keyring import load_keyring
 from .logs import configure_logging, log_event
 from .metrics import RelayMetrics

@@ -8,10 +8,6 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
-import logging
 import secrets
 import time
 from typing import Any
@@ -23,22 +19,20 @@ from envelope import (
     b64d,
     check_shape,
     encode_body,
-    encode_outbox_frame,
     envelope_hash,
     key_id,
     seal,
     verify_agent_certificate,
 )
 
-from .abuse import ConnectionRateLimiter
 from .admin import hash_token
-from .logs import log_event
-from .protocol import ProtocolError, close_code_for, parse_text_frame
-from .routing import Delivery, Engagement, Router, RoutingError
+from .hub import ChatHub, refuse
+from .protocol import ProtocolError, parse_text_frame
+from .routing import Engagement, Router, RoutingError
 from .state import STATE, RelayState
 from .store import Account, OutboxEntry
 
-__all__ = ["ChatHub", "agent_socket", "visitor_socket"]
+__all__ = ["agent_socket", "visitor_socket"]
 
 _HELLO_TIMEOUT = 10.0
 
@@ -47,119 +41,6 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-
-class _Conn:
-    def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str) -> None:
-        self.id, self.ws, self.role, self.account = conn_id, ws, role, account
-        self.lock = asyncio.Lock()
-
-
-class ChatHub:
-    """Live sockets, the router, and the glue between them."""
-
-    def __init__(self, st: RelayState) -> None:
-        self.st = st
-        cfg = st.config
-        self.router = Router(buffer_frames=cfg.resume_buffer_frames,
-                             resume_grace=cfg.resume_grace_seconds,
-                             queue_timeout=cfg.queue_timeout_seconds)
-        self.conns: dict[str, _Conn] = {}
-        self.rate = ConnectionRateLimiter(cfg.connections_per_ip_per_minute)
-        self._ids = itertools.count(1)
-        self.outbox_bytes = 0
-        self.closing = False
-
-    def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> _Conn:
-        """Register a socket."""
-        conn = _Conn(f"c{next(self._ids)}", ws, role, account)
-        self.conns[conn.id] = conn
-        self.st.metrics.connections.labels(role).inc()
-        self.st.metrics.connections_total.labels(role).inc()
-        return conn
-
-    def drop_conn(self, conn: _Conn) -> None:
-        """Forget a socket."""
-        if self.conns.pop(conn.id, None) is not None:
-            self.st.metrics.connections.labels(conn.role).dec()
-
-    async def deliver(self, deliveries: list[Delivery]) -> None:
-        """Send what the router decided; a dead socket is skipped (resume replays)."""
-        for d in deliveries:
-            conn = self.conns.get(d.conn)
-            if conn is None or conn.ws.closed:
-                continue
-            if d.payload == {"type": "superseded"}:
-                asyncio.get_running_loop().create_task(
-                    _refuse(self.st, conn.ws, "session.superseded", "a newer socket took over"))
-                continue
-            try:
-                async with conn.lock:
-                    if isinstance(d.payload, bytes):
-                        await conn.ws.send_bytes(encode_outbox_frame(d.dseq or 0, d.payload))
-                    else:
-                        frame = dict(d.payload)
-                        if d.dseq is not None:
-                            frame["dseq"] = d.dseq
-                        await conn.ws.send_json(frame)
-            except (ConnectionError, RuntimeError):
-                continue
-
-    async def persist_records(self) -> None:
-        """Write changed engagement records (rounded, non-personal)."""
-        from .records import round_down
-        from .store import EngagementRecord
-
-        g = self.st.config.record_granularity_seconds
-        records = []
-        for e in self.router.take_dirty():
-            wait = None if e.accepted_at is None else int(e.accepted_at - e.started_at)
-            first = None if e.first_response_at is None or e.accepted_at is None else \
-                int(e.first_response_at - e.accepted_at)
-            records.append(EngagementRecord(
-                engagement=e.id, account=e.account, mode=e.mode,
-                started_at=round_down(e.started_at, g),
-                ended_at=None if e.ended_at is None else round_down(e.ended_at, g),
-                queue_wait_s=wait, first_response_s=first, agent=e.agent,
-                outcome=e.outcome, **e.counts))
-            if e.ended_at is not None:
-                self.st.metrics.engagements_total.labels(e.outcome).inc()
-        if records:
-            await self.st.store.upsert_engagements(records)
-        self.st.metrics.engagements_active.set(len(self.router.engagements))
-
-    def account_changed(self, account: str) -> None:
-        """Mode or vault key changed: end live engagements and tell clients to re-key."""
-        now = self.st.clock()
-        for eng in [e for e in self.router.engagements.values() if e.account == account]:
-            self.router.end(eng=eng, role="relay", now=now)
-        for conn in [c for c in self.conns.values() if c.account == account]:
-            asyncio.get_running_loop().create_task(
-                _refuse(self.st, conn.ws, "mode.changed", "account changed: reconnect"))
-
-    async def tick(self) -> None:
-        """Run the router's time rules and persist records."""
-        await self.deliver(self.router.tick(self.st.clock()))
-        await self.persist_records()
-        self.outbox_bytes = (await self.st.store.outbox_stats()).total_bytes
-
-    async def close_all(self) -> None:
-        """Graceful shutdown: every socket closed with going-away (clients resume later)."""
-        self.closing = True
-        for conn in list(self.conns.values()):
-            with contextlib.suppress(Exception):
-                await conn.ws.close(code=1001, message=b"going-away")
-        await self.persist_records()
-
-
-async def _refuse(st: RelayState, ws: web.WebSocketResponse, code: str, message: str,
-                  **ids: Any) -> None:
-    st.metrics.frames_refused.labels(code).inc()
-    log_event(st.logger, logging.INFO, "chat.refused", code=code, **ids)
-    with contextlib.suppress(Exception):
-        if not ws.closed:
-            await ws.send_json({"type": "error", "code": code, "message": message})
-            await ws.close(code=close_code_for(code), message=code.encode())
 
 
 def _client_address(st: RelayState, request: web.Request) -> str:
@@ -227,6 +108,8 @@ async def _seal_connection_info(st: RelayState, acct: Account, eng: Engagement,
     header = check_shape(data, account=acct.account, vault_key_id=acct.vault_key_id or "")
     await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
                                               envelope_hash(data), data, int(st.clock()))])
+    assert st.hub is not None
+    st.hub.outbox_bytes += len(data)
     eng.last_seq["relay"] = seq
 
 
@@ -353,7 +236,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             elif frame.type == "ping":
                 await ws.send_json({"type": "pong"})
     except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
-        await _refuse(st, ws, exc.code, _message_of(exc), **ids)
+        await refuse(st, ws, exc.code, _message_of(exc), **ids)
     finally:
         if conn is not None:
             hub.router.visitor_left(conn.id, st.clock())
@@ -451,7 +334,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                     await hub.deliver(hub.router.end(eng=eng, role="agent", now=st.clock()))
                     await hub.persist_records()
     except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
-        await _refuse(st, ws, exc.code, _message_of(exc), **ids)
+        await refuse(st, ws, exc.code, _message_of(exc), **ids)
     finally:
         if conn is not None:
             hub.router.agent_left(conn.id, st.clock())

@@ -16,7 +16,7 @@ from .metrics import RelayMetrics
 from .sqlite_store import SqliteStore
 
 if TYPE_CHECKING:
-    from .chat import ChatHub
+    from .hub import ChatHub
 
 __all__ = ["STATE", "RelayState"]
 

@@ -192,6 +192,9 @@ class RelayStore(Protocol):
     async def list_engagements(self, account: str, limit: int = 1000) -> list[EngagementRecord]:
         """The account's records, newest first."""
 
+    async def add_receipts(self, account: str, engagement: str, count: int) -> None:
+        """Count delivered receipts on an engagement record."""
+
     async def append_outbox(self, entries: Sequence[OutboxEntry]) -> list[int]:
         """Append envelopes (``seq`` ignored); return their outbox sequences after commit."""
 
