@@ -40,8 +40,8 @@ class PublicKeys:
         self.vault_key: bytes | None = None
         self.vault_key_id: str | None = None
         self.certificates: list[AgentCertificate] = []
-        if data.get("identity_key") is None:
-            return
+        if data.get("identity_key") is None or (pinned is None and self.mode != "compliance"):
+            return  # a standard-mode client without a pin has nothing to verify
         try:
             identity = b64d(data["identity_key"], length=32)
         except EnvelopeError as exc:

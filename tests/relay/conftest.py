@@ -111,6 +111,8 @@ async def start_relay(state_dir: pathlib.Path, clock: FakeClock, **overrides: An
 async def relay(tmp_path: pathlib.Path) -> AsyncIterator[Relay]:
     clock = FakeClock()
     server = await start_relay(tmp_path / "state", clock)
-    async with aiohttp.ClientSession() as session:
-        yield Relay(server, session, tmp_path / "state", clock)
-    await server.close()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Relay(server, session, tmp_path / "state", clock)
+    finally:
+        await server.close()
