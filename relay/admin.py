@@ -200,9 +200,9 @@ async def pair_vault(request: web.Request) -> web.Response:
         raise Conflict("a different identity key is already paired",
                        code="vault.identity_mismatch")
     if acct.identity_key == identity and acct.key_statement is not None:
-        old = verify_vault_key_statement(acct.key_statement, identity, account=acct.account,
-                                         now=verified.not_before)
-        if verified.not_before < old.not_before:
+        # Rotation must move forward: replaying an older (still valid) statement would
+        # bring back a retired vault key.
+        if verified.not_before < _stored_not_before(acct.key_statement):
             raise Conflict("statement is older than the stored one", code="vault.stale_statement")
     assert isinstance(statement, dict)
     await st.store.set_vault(acct.account, identity, statement, verified.key_id,
@@ -210,6 +210,12 @@ async def pair_vault(request: web.Request) -> web.Response:
     if st.hub is not None:
         st.hub.account_changed(acct.account)
     return web.json_response({"account": acct.account, "vault_key_id": verified.key_id})
+
+
+def _stored_not_before(statement: dict[str, str]) -> int:
+    # The stored statement was verified on upload; only its window start is read here
+    # (re-verifying would fail once it expired, blocking the very rotation that fixes it).
+    return int(json.loads(b64d(statement["body"]))["nbf"])
 
 
 @routes.post("/v1/accounts/{account}/agent-certificates")

@@ -149,6 +149,7 @@ class Router:
         return self.seats[key]
 
     def agent_engagement(self, conn: str, eng_id: str) -> tuple[AgentSeat, Engagement]:
+        """The seat of ``conn`` and an engagement assigned to it, or RoutingError."""
         seat = self._seat_of(conn)
         eng = self.engagement_for(eng_id, seat.account)
         if eng.agent != seat.agent or eng.state != "active":

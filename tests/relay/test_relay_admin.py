@@ -60,6 +60,9 @@ async def test_pairing_rotation_and_identity_swap(relay: Relay) -> None:
     status, body = await relay.call("PUT", path, admin, json={
         "identity_key": b64e(ident.public_bytes), "key_statement": stmt(ident, k2, now - 5)})
     assert status == 200 and body["vault_key_id"] == k2.key_id  # rotation
+    status, body = await relay.call("PUT", path, admin, json={
+        "identity_key": b64e(ident.public_bytes), "key_statement": stmt(ident, k1, now - 10)})
+    assert status == 409 and body["error"]["code"] == "vault.stale_statement"
     other = IdentityKey.generate()
     swap = {"identity_key": b64e(other.public_bytes), "key_statement": stmt(other, k1, now)}
     status, body = await relay.call("PUT", path, admin, json=swap)
