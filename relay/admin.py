@@ -199,11 +199,11 @@ async def pair_vault(request: web.Request) -> web.Response:
         # will refuse the new one anyway).
         raise Conflict("a different identity key is already paired",
                        code="vault.identity_mismatch")
-    if acct.identity_key == identity and acct.key_statement is not None:
-        # Rotation must move forward: replaying an older (still valid) statement would
-        # bring back a retired vault key.
-        if verified.not_before < _stored_not_before(acct.key_statement):
-            raise Conflict("statement is older than the stored one", code="vault.stale_statement")
+    # Rotation must move forward: replaying an older (still valid) statement would
+    # bring back a retired vault key.
+    if acct.identity_key == identity and acct.key_statement is not None \
+            and verified.not_before < _stored_not_before(acct.key_statement):
+        raise Conflict("statement is older than the stored one", code="vault.stale_statement")
     assert isinstance(statement, dict)
     await st.store.set_vault(acct.account, identity, statement, verified.key_id,
                              verified.public_key)
