@@ -62,6 +62,15 @@ async def test_standard_conversation(relay: Relay) -> None:
                                      admin)
     assert [i["text"] for i in transcript["items"]] == ["hello, I have a question",
                                                        "happy to help"]
+    _, metrics = await relay.call("GET", "/metrics", token=None)
+    for family in ('relay_connections_opened_total{role="visitor"}',
+                   'relay_connections_open{role="agent"}', "relay_engagements_active",
+                   'relay_frames_relayed_total{direction="from_visitor",mode="standard"}',
+                   'relay_engagements_total{outcome="completed"}',
+                   "relay_routing_latency_seconds_bucket", "relay_outbox_backlog",
+                   "relay_outbox_oldest_age_seconds", "relay_sweeper_runs_total"):
+        assert family in metrics, family
+    assert eng not in metrics
     # At rest the transcript is ciphertext.
     for path in relay.state_dir.rglob("*"):
         if path.is_file():
