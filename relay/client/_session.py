@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from envelope import (
+    BindingError,
     EnvelopeError,
     b64d,
     decode_outbox_frame,
@@ -20,7 +21,7 @@ from envelope import (
 )
 from envelope.statements import AgentCertificate
 
-__all__ = ["ChatClientError", "PublicKeys", "Session", "fetch_keys"]
+__all__ = ["ChatClientError", "PublicKeys", "SenderSequences", "Session", "fetch_keys"]
 
 
 class ChatClientError(Exception):
@@ -29,6 +30,28 @@ class ChatClientError(Exception):
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
+
+
+class SenderSequences:
+    """The last envelope sequence number seen on each sender's stream in an engagement.
+
+    The relay numbers deliveries itself (``dseq``), so only the sender-signed header
+    ``seq`` can expose a hostile relay that replays an envelope under a fresh delivery
+    number or delivers a later one first (replay and reordering attacks).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], int] = {}
+
+    def check(self, engagement: str, sender_key_id: str, seq: int) -> int:
+        """Record ``seq``; return how many positions were skipped; BindingError if not new."""
+        key = (engagement, sender_key_id)
+        last = self._last.get(key)
+        if last is not None and seq <= last:
+            raise BindingError("envelope replayed or out of order",
+                               code="envelope.wrong_sequence")
+        self._last[key] = seq
+        return 0 if last is None else seq - last - 1
 
 
 class PublicKeys:
@@ -40,6 +63,12 @@ class PublicKeys:
         self.vault_key: bytes | None = None
         self.vault_key_id: str | None = None
         self.certificates: list[AgentCertificate] = []
+        if pinned is not None and (self.mode != "compliance" or data.get("identity_key") is None):
+            # A client that pins the controller's fingerprint speaks compliance mode only:
+            # otherwise a hostile relay could claim "standard" and receive plaintext
+            # (downgrade attack).
+            raise ChatClientError("keys.downgrade_refused",
+                                  "a pinned client sends envelopes only")
         if data.get("identity_key") is None or (pinned is None and self.mode != "compliance"):
             return  # a standard-mode client without a pin has nothing to verify
         try:
@@ -54,7 +83,8 @@ class PublicKeys:
             st = verify_vault_key_statement(data["key_statement"], identity, account=account,
                                             now=now)
         except EnvelopeError as exc:
-            raise ChatClientError("keys.invalid", "key statement does not verify") from exc
+            raise ChatClientError("keys.invalid",
+                                  f"key statement does not verify ({exc.code})") from exc
         self.vault_key, self.vault_key_id = st.public_key, st.key_id
         for wire in data.get("agent_certificates", []):
             with contextlib.suppress(EnvelopeError):  # a bad certificate is simply not used

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 from envelope import (
+    BindingError,
     EnvelopeError,
     PartyKeys,
     b64d,
@@ -19,7 +20,7 @@ from envelope import (
     seal,
 )
 
-from ._session import PublicKeys, Session, fetch_keys
+from ._session import PublicKeys, SenderSequences, Session, fetch_keys
 
 __all__ = ["AgentClient"]
 
@@ -46,11 +47,13 @@ class AgentClient:
         self.unacked: dict[tuple[str, int], dict[str, Any] | bytes] = {}
         self.visitors: dict[str, dict[str, bytes]] = {}
         self.welcome: dict[str, Any] = {}
+        self.sequences = SenderSequences()
 
     @property
     def compliance(self) -> bool:
         """True when the account is in compliance mode."""
-        return self.welcome.get("mode") == "compliance"
+        # A pinned device never believes a relay that says "standard" (downgrade attack).
+        return self.pinned is not None or self.welcome.get("mode") == "compliance"
 
     async def connect(self) -> dict[str, Any]:
         """Open the socket (or reopen it, resuming every engagement)."""
@@ -106,13 +109,24 @@ class AgentClient:
                 return
             self.last[eng] = dseq
             assert self.party is not None
-            visitor = self.visitors.get(eng, {})
+            visitor = self.visitors.get(eng)
+            if visitor is None:
+                # Only engagements offered or assigned to us, with their visitor key
+                # pinned: otherwise a relay could splice envelopes of other engagements
+                # (or sign its own) into an engagement we never took.
+                raise BindingError("envelope for an engagement not ours",
+                                   code="envelope.wrong_engagement")
             opened = open_envelope(data, self.party.encryption, account=self.account,
-                                   engagement=eng, sender_public_key=visitor.get("sig"))
+                                   engagement=eng, sender_public_key=visitor["sig"])
             body = decode_body(opened.header.kind, opened.body)
+            skipped = self.sequences.check(eng, opened.header.sender_key_id,
+                                           opened.header.sequence)
         except EnvelopeError as exc:
             self.session.events.put_nowait({"type": "rejected", "code": exc.code})
             return
+        if skipped:
+            self.session.events.put_nowait({"type": "gap", "engagement": eng,
+                                            "code": "envelope.gap", "missing": skipped})
         kind = opened.header.kind
         self.session.events.put_nowait({
             "type": "history" if kind == "history-handoff" else "msg", "engagement": eng,

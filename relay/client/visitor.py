@@ -18,7 +18,7 @@ from envelope import (
     seal,
 )
 
-from ._session import PublicKeys, Session, fetch_keys
+from ._session import ChatClientError, PublicKeys, SenderSequences, Session, fetch_keys
 
 __all__ = ["VisitorClient"]
 
@@ -53,6 +53,9 @@ class VisitorClient:
         self.agent: str | None = None
         self.agent_key_id: str | None = None
         self.agent_cert: Any = None
+        self.sequences = SenderSequences()
+        # Set when the relay assigned an agent whose keys do not verify: sending stops.
+        self.key_error: ChatClientError | None = None
 
     @property
     def compliance(self) -> bool:
@@ -89,9 +92,18 @@ class VisitorClient:
             assert self.http is not None and self.keys is not None
             # Certificates are re-fetched and verified: the relay names the agent, but
             # only the controller's identity key can vouch for its keys.
-            self.keys = await fetch_keys(self.http, self.base_url, self.account, self.pinned,
-                                         int(time.time()))
-            self.agent_cert = self.keys.agent(agent, key_id)
+            try:
+                self.keys = await fetch_keys(self.http, self.base_url, self.account,
+                                             self.pinned, int(time.time()))
+                self.agent_cert = self.keys.agent(agent, key_id)
+            except ChatClientError as exc:
+                # A relay-made or forged agent: seal nothing more in this engagement (not
+                # even to the vault alone), and say so instead of dying in the reader.
+                self.agent_cert, self.key_error = None, exc
+                assert self.session is not None
+                self.session.events.put_nowait({"type": "rejected", "code": exc.code})
+                return
+            self.key_error = None
             if handoff and self.history:
                 await self._send_sealed("history-handoff", {"items": list(self.history)})
 
@@ -120,9 +132,14 @@ class VisitorClient:
             opened = open_envelope(data, self.party.encryption, account=self.account,
                                    engagement=self.engagement, sender_public_key=sender)
             body = decode_body(opened.header.kind, opened.body)
+            skipped = self.sequences.check(opened.header.engagement,
+                                           opened.header.sender_key_id, opened.header.sequence)
         except EnvelopeError as exc:
             self.session.events.put_nowait({"type": "rejected", "code": exc.code})
             return
+        if skipped:
+            self.session.events.put_nowait({"type": "gap", "code": "envelope.gap",
+                                            "missing": skipped})
         if opened.header.kind == "message":
             self.history.append({"role": "agent", "seq": opened.header.sequence,
                                  "text": body["text"], "ts": int(time.time())})
@@ -131,6 +148,8 @@ class VisitorClient:
                                         "seq": opened.header.sequence, **body})
 
     async def _send_sealed(self, kind: str, body: dict[str, Any]) -> int:
+        if self.key_error is not None:
+            raise self.key_error
         assert self.keys is not None and self.keys.vault_key is not None
         assert self.session is not None and self.engagement is not None
         recipients = [self.keys.vault_key]
