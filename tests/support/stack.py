@@ -212,3 +212,57 @@ class Stack:
                                  token=self.admin_token)
         assert status == 200, body
         return int(body["entries"])
+
+
+async def converse(stack: Stack, agent: tuple[str, str, PartyKeys | None],
+                   script: list[tuple[str, str]], *, prechat: dict[str, str] | None = None,
+                   user_agent: str | None = None, visitor_id: str | None = None,
+                   timeout: float = 15.0) -> str:
+    """Run a visitor/agent conversation through the SDK; return the engagement id.
+
+    ``agent`` is (pseudonym, token, certified keys or None in standard mode); ``script``
+    lists ("visitor"|"agent", text). Every line is sent and acknowledged (durable at
+    the relay) before the next, and the other side receives it.
+    """
+    import asyncio
+
+    from relay.client import AgentClient, VisitorClient
+
+    compliance = agent[2] is not None
+    pin = stack.fingerprint if compliance else None
+    bot = AgentClient(stack.relay_url, agent[1], stack.account, keys=agent[2],
+                      pinned_fingerprint=pin)
+    visitor = VisitorClient(stack.relay_url, stack.account, origin=ORIGIN,
+                            pinned_fingerprint=pin, user_agent=user_agent,
+                            visitor_id=visitor_id)
+
+    async def acked(client: Any) -> None:
+        deadline = time.monotonic() + timeout
+        while client.unacked:
+            if time.monotonic() > deadline:
+                raise TimeoutError("message not acknowledged by the relay")
+            await asyncio.sleep(0.02)
+
+    try:
+        await bot.connect()
+        eng = str((await visitor.connect())["engagement"])
+        if prechat:
+            await visitor.send_prechat(**prechat)
+        await bot.accept((await bot.next_event(timeout, types=("offer",)))["engagement"])
+        await visitor.next_event(timeout, types=("assigned",))
+        for role, text in script:
+            if role == "visitor":
+                await visitor.send(text)
+                await acked(visitor)
+                got = await bot.next_event(timeout, types=("msg",))
+            else:
+                await bot.send(eng, text)
+                await acked(bot)
+                got = await visitor.next_event(timeout, types=("msg",))
+            assert got["text"] == text
+        await visitor.end()
+        await bot.next_event(timeout, types=("ended",))
+        return eng
+    finally:
+        await visitor.close()
+        await bot.close()
