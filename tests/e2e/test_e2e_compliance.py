@@ -132,3 +132,49 @@ def test_toggle_on_moves_stored_transcripts_to_the_vault_and_purges_them(stack: 
                             token=stack.admin_token)
     assert [c["mode"] for c in changes["changes"]] == ["compliance", "standard"]
     assert set(engs) <= set(stack.vault_engagements())
+
+
+def test_vault_rejects_a_tampered_envelope_and_the_relay_drops_it(stack: Stack) -> None:
+    from envelope import encode_body, seal
+    from relay.client import VisitorClient
+    from tests.support.stack import ORIGIN
+
+    stack.start_relay()
+    stack.create_account()
+    stack.init_vault()
+    stack.start_vault()
+    stack.pair()
+    stack.set_mode("compliance")
+
+    async def chat() -> str:
+        visitor = VisitorClient(stack.relay_url, stack.account, origin=ORIGIN,
+                                pinned_fingerprint=stack.fingerprint)
+        try:
+            eng = str((await visitor.connect())["engagement"])
+            assert visitor.keys is not None and visitor.keys.vault_key is not None
+            visitor.seq += 1
+            data = bytearray(seal(encode_body("message", {"text": "tampered"}),
+                                  sender=visitor.party, role="visitor",
+                                  account=stack.account, engagement=eng,
+                                  sequence=visitor.seq, kind="message",
+                                  recipients=[visitor.keys.vault_key]))
+            data[-80] ^= 0x01  # one ciphertext bit: the shape still passes at the relay
+            assert visitor.session is not None
+            await visitor.session.send_bytes(bytes(data))
+            await visitor.next_event(types=("ack",))
+            await visitor.send("genuine after the tampered one")
+            await visitor.next_event(types=("ack",))
+            return eng
+        finally:
+            await visitor.close()
+
+    eng = asyncio.run(chat())
+    wait_until(lambda: _vault_has(stack, eng, ["genuine after the tampered one"]), timeout=30,
+               what="genuine message in the vault")
+    # The refused frame did not stall the link: it was rejected, dropped and counted.
+    wait_until(lambda: stack.outbox_entries() == 0, timeout=20, what="outbox drained")
+    _, recs = stack.call("GET", f"/v1/accounts/{stack.account}/engagements",
+                         token=stack.admin_token)
+    assert next(r for r in recs["engagements"] if r["engagement"] == eng)["rejected"] == 1
+    assert stack.metric("relay_vault_link_rejected_total") == 1
+    assert "tampered" not in [m["text"] for m in stack.vault_transcript(eng)["messages"]]
