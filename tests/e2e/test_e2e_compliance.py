@@ -178,3 +178,58 @@ def test_vault_rejects_a_tampered_envelope_and_the_relay_drops_it(stack: Stack) 
     assert next(r for r in recs["engagements"] if r["engagement"] == eng)["rejected"] == 1
     assert stack.metric("relay_vault_link_rejected_total") == 1
     assert "tampered" not in [m["text"] for m in stack.vault_transcript(eng)["messages"]]
+
+
+def test_live_standard_chat_rekeys_and_continues_as_envelopes(stack: Stack) -> None:
+    from relay.client import AgentClient, VisitorClient
+    from tests.support.stack import ORIGIN
+
+    stack.start_relay()
+    stack.create_account()
+    stack.init_vault()
+    stack.start_vault()
+    stack.pair()
+    token, keys = stack.certify_agent("ann")
+    secret = new_canary("live")
+
+    async def chat() -> tuple[str, str]:
+        agent = AgentClient(stack.relay_url, token, stack.account, keys=keys,
+                            pinned_fingerprint=stack.fingerprint)
+        visitor = VisitorClient(stack.relay_url, stack.account, origin=ORIGIN,
+                                pinned_fingerprint=stack.fingerprint)
+        try:
+            await agent.connect()
+            old = str((await visitor.connect())["engagement"])
+            assert not visitor.compliance
+            await agent.accept((await agent.next_event(types=("offer",)))["engagement"])
+            await visitor.next_event(types=("assigned",))
+            await visitor.send("before the toggle")
+            await agent.next_event(types=("msg",))
+            stack.set_mode("compliance")
+            # Both sides are told to re-key (mode.changed) and come back as envelopes.
+            closed = await visitor.next_event(types=("closed",))
+            assert closed["error"] == "mode.changed"
+            await agent.next_event(types=("closed",))
+            await agent.connect()
+            welcome = await visitor.reconnect()
+            assert welcome["mode"] == "compliance" and visitor.compliance
+            new = str(welcome["engagement"])
+            await agent.accept((await agent.next_event(types=("offer",)))["engagement"])
+            await visitor.next_event(types=("assigned",))
+            await visitor.send(f"after the toggle {secret}")
+            got = await agent.next_event(types=("msg",))
+            assert got["kind"] == "message" and secret in got["text"]
+            await agent.send(new, "sealed reply")
+            assert (await visitor.next_event(types=("msg",)))["text"] == "sealed reply"
+            return old, new
+        finally:
+            await visitor.close()
+            await agent.close()
+
+    old, new = asyncio.run(chat())
+    wait_until(lambda: _vault_has(stack, new, [secret, "sealed reply"]), timeout=30,
+               what="continued chat in the vault")
+    wait_until(lambda: _vault_has(stack, old, ["before the toggle"]), timeout=30,
+               what="standard part offloaded")
+    assert _transcript_rows(stack) == 0
+    assert scan_tree(stack.relay_state, [secret]) == []
