@@ -11,7 +11,12 @@ envelope/link.py for the relay's side)::
     <- binary outbox frames (8-byte outbox seq + envelope)  batched up to batch_max or
                                                             batch_wait_ms of quiet
     -> {"type":"ack","receipt":{"body","sig"}}              only AFTER the batch commit
-    <- {"type":"acked","deleted":N}
+    <- {"type":"acked","deleted":N,"backlog":M}             M sets vault_link_backlog
+    -> {"type":"reject","seq":N,"code":CODE}                for each frame ingest refused
+    <- {"type":"rejected","seq":N,"dropped":0|1}            (tampered, forged: never
+                                                            stored, so never receipted;
+                                                            without this it would sit in
+                                                            the relay's window forever)
     -> {"type":"erasure","notice":{"body","sig"}}          queued erasure notices, sent
     <- {"type":"erasure-recorded","engagements":N}          by the NoticePump while ready
     <- {"type":"error","code","message"} / close(code, reason=code)
@@ -174,8 +179,8 @@ class VaultLink:
             return f"closed:{ws.close_code}"
         return "link.bad_frame"
 
-    async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> list[bytes]:
-        frames: list[bytes] = []
+    async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> list[tuple[int, bytes]]:
+        frames: list[tuple[int, bytes]] = []
         wait: float | None = None  # block for the first frame, then gather a batch
         while len(frames) < self._config.batch_max:
             try:
@@ -185,7 +190,7 @@ class VaultLink:
             wait = self._config.batch_wait_ms / 1000
             if msg.type == aiohttp.WSMsgType.BINARY:
                 try:
-                    frames.append(decode_outbox_frame(msg.data)[1])
+                    frames.append(decode_outbox_frame(msg.data))
                 except EnvelopeError:
                     self._metrics.rejected.labels(reason="link.bad_frame").inc()
             elif msg.type == aiohttp.WSMsgType.TEXT:
@@ -201,6 +206,9 @@ class VaultLink:
             doc = json.loads(text)
         except ValueError:
             return
+        if isinstance(doc, dict) and doc.get("type") == "acked" \
+                and type(doc.get("backlog")) is int:
+            self._metrics.link_backlog.set(doc["backlog"])
         if isinstance(doc, dict) and doc.get("type") == "erasure-recorded" \
                 and self._notices is not None:
             self._notices.recorded()
@@ -208,9 +216,10 @@ class VaultLink:
             log.warning("relay error frame: %s", str(doc.get("code"))[:64])
 
     async def _ingest_and_ack(self, ws: aiohttp.ClientWebSocketResponse,
-                              frames: list[bytes]) -> None:
+                              frames: list[tuple[int, bytes]]) -> None:
+        started = time.monotonic()
         try:
-            result = await self._ingestor.ingest(frames, int(self._clock()))
+            result = await self._ingestor.ingest([f[1] for f in frames], int(self._clock()))
         except StoreUnavailable as exc:
             # No receipt: close so the relay redelivers these frames after we reconnect.
             log.error("store unavailable, not acknowledging: %s", exc.code)
@@ -221,3 +230,9 @@ class VaultLink:
         if result.receipt is not None and not ws.closed:
             await ws.send_json({"type": "ack", "receipt": result.receipt})
             self._metrics.receipts.inc()
+        for index, code in result.rejected_indexes:
+            # Refused frames get no receipt; naming them lets the relay drop them
+            # instead of holding them in its window for ever.
+            if not ws.closed:
+                await ws.send_json({"type": "reject", "seq": frames[index][0], "code": code})
+        self._metrics.delivery_latency.observe(time.monotonic() - started)

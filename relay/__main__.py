@@ -5,7 +5,9 @@
     relay account create ACCOUNT --origin O [--origin O2] [--retention-days N]
     relay account token ACCOUNT                     issue an account-admin token
     relay account agent-token ACCOUNT AGENT         issue an agent device token
-    relay account mode ACCOUNT compliance|standard [--confirm]
+    relay account mode ACCOUNT compliance|standard [--confirm] [--no-wait] [--wait SECONDS]
+                 turning compliance on shows the offload of stored transcripts to the
+                 vault as a progress bar on stderr until it completes (or SECONDS pass)
 
 Account commands call the running relay's admin API with the operator token (the
 relay owns the single writer connection to its database).
@@ -59,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("account")
     mode.add_argument("mode", choices=["compliance", "standard"])
     mode.add_argument("--confirm", action="store_true")
+    mode.add_argument("--no-wait", action="store_true", help="do not follow the offload")
+    mode.add_argument("--wait", type=float, default=3600.0,
+                      help="follow the offload for at most this many seconds")
     return p
 
 
@@ -126,11 +131,43 @@ async def _admin(cfg: RelayConfig, args: argparse.Namespace) -> int:
                                                                          False)}),
     }
     method, path, body = calls[args.action]
-    async with aiohttp.ClientSession(headers=headers) as http, \
-            http.request(method, base + path, json=body) as resp:
-        data = await resp.json()
-    print(json.dumps(data, indent=2))
-    return 0 if resp.status < 300 else 1
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.request(method, base + path, json=body) as resp:
+            data = await resp.json()
+        print(json.dumps(data, indent=2))
+        if resp.status >= 300:
+            return 1
+        if args.action == "mode" and args.mode == "compliance" and not args.no_wait:
+            return await _follow_offload(http, f"{base}/v1/accounts/{args.account}/offload",
+                                         args.wait)
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width if total == 0 else width * done // total
+    return f"offload [{'#' * filled}{'.' * (width - filled)}] {done}/{total} transcripts"
+
+
+async def _follow_offload(http: aiohttp.ClientSession, url: str, limit: float) -> int:
+    """Print the offload's progress bar on stderr until complete; 1 if it did not finish."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        async with http.get(url) as resp:
+            progress = await resp.json()
+        done = int(progress.get("done", 0)) + int(progress.get("rejected", 0))
+        total = int(progress.get("total", 0))
+        print("\r" + _bar(done, total), end="", file=sys.stderr, flush=True)
+        if progress.get("complete"):
+            print(file=sys.stderr)
+            if progress.get("rejected"):
+                print(f"relay: the vault refused {progress['rejected']} transcript(s); they"
+                      " stay here, encrypted", file=sys.stderr)
+            return 0
+        if loop.time() > deadline:
+            print("\nrelay: offload still running (is the vault connected?)", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

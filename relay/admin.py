@@ -209,6 +209,10 @@ async def pair_vault(request: web.Request) -> web.Response:
                              verified.public_key)
     if st.hub is not None:
         st.hub.account_changed(acct.account)
+    link = st.links.current(acct.account)
+    if link is not None and identity != link.identity_key:
+        # A link authenticated by the old identity must not keep receipting.
+        await link.close("link.superseded", "the account was paired with another vault")
     return web.json_response({"account": acct.account, "vault_key_id": verified.key_id})
 
 
@@ -277,7 +281,24 @@ async def set_mode(request: web.Request) -> web.Response:
         await st.store.set_mode(acct.account, mode, actor, int(st.clock()))
         if st.hub is not None:
             st.hub.account_changed(acct.account)
-    return web.json_response({"account": acct.account, "mode": mode})
+    reply: dict[str, Any] = {"account": acct.account, "mode": mode}
+    if mode == "compliance" and st.offload is not None:
+        # Every transcript stored so far goes to the vault and then leaves the relay;
+        # planned durably here, so a restart resumes it. Re-sending ON re-plans
+        # transcripts stored meanwhile (none, unless the account was switched back).
+        await st.offload.start(acct.account, st.clock())
+        reply["offload"] = await st.offload.progress(acct.account)
+    return web.json_response(reply)
+
+
+@routes.get("/v1/accounts/{account}/offload")
+async def offload_progress(request: web.Request) -> web.Response:
+    """Progress of the compliance-toggle offload (engagements by state)."""
+    acct, _ = await _admin_account(request)
+    st = request.app[STATE]
+    progress = {"total": 0, "complete": True} if st.offload is None else \
+        await st.offload.progress(acct.account)
+    return web.json_response({"account": acct.account, "mode": acct.mode, **progress})
 
 
 @routes.get("/v1/accounts/{account}/record-of-processing")

@@ -25,10 +25,12 @@ from .hub import ChatHub
 from .keyring import load_keyring
 from .logs import configure_logging, log_event
 from .metrics import RelayMetrics
+from .offload import Offloader
 from .openapi import openapi_document
 from .sqlite_store import SqliteStore
 from .state import STATE, RelayState
 from .sweeper import sweep_once
+from .vault_link import vault_link_socket
 
 __all__ = ["create_app"]
 
@@ -62,6 +64,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     st = app[STATE]
     await st.store.open()
     st.hub = ChatHub(st)
+    st.offload = Offloader(st)
+    await st.offload.refresh_metrics()
     st.ready = True
 
     async def periodic(interval: float, job: Callable[[], object]) -> None:
@@ -76,6 +80,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await sweep_once(st, now=st.clock())
 
     tasks = [asyncio.create_task(periodic(1.0, st.hub.tick)),
+             asyncio.create_task(st.offload.run()),
              asyncio.create_task(periodic(st.config.sweep_interval_seconds, sweep))]
     log_event(st.logger, 20, "relay.started", port=st.config.port)
     yield
@@ -96,6 +101,8 @@ async def _going_away(app: web.Application) -> None:
     st.ready = False
     if st.hub is not None:
         await st.hub.close_all()
+    for link in st.links.all():
+        await link.close("going-away", "relay shutting down")
 
 
 def create_app(config: RelayConfig, *, clock: Callable[[], float] = time.time,
@@ -117,6 +124,7 @@ def create_app(config: RelayConfig, *, clock: Callable[[], float] = time.time,
     app.add_routes(routes)
     app.router.add_get("/v1/chat/visitor/{account}", visitor_socket)
     app.router.add_get("/v1/chat/agent", agent_socket)
+    app.router.add_get("/v1/vault/link", vault_link_socket)
     app.router.add_get("/v1/openapi.json", _openapi)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)

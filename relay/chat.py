@@ -110,7 +110,27 @@ async def _seal_connection_info(st: RelayState, acct: Account, eng: Engagement,
                                               envelope_hash(data), data, int(st.clock()))])
     assert st.hub is not None
     st.hub.outbox_bytes += len(data)
+    st.links.wake(acct.account)
     eng.last_seq["relay"] = seq
+
+
+async def _check_backpressure(st: RelayState, account: str) -> None:
+    """Refuse a NEW compliance engagement while the account's outbox is at its bound.
+
+    Live engagements go on (their envelopes were promised delivery); queued entries
+    are never dropped: the bound only stops the backlog from growing further.
+    """
+    stats = await st.store.outbox_stats(account)
+    bound = None
+    if stats.total_bytes >= st.config.outbox_account_max_bytes:
+        bound = "bytes"
+    elif stats.oldest_created_at is not None and \
+            st.clock() - stats.oldest_created_at > st.config.outbox_max_age_seconds:
+        bound = "age"
+    if bound is not None:
+        st.metrics.outbox_refusals.labels(bound).inc()
+        raise _Refused("outbox.backpressure",
+                       "the account's vault has not collected its outbox; try later")
 
 
 async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement, role: str,
@@ -125,6 +145,7 @@ async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement,
         await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
                                                   envelope_hash(payload), payload, now)])
         hub.outbox_bytes += len(payload)
+        st.links.wake(acct.account)
     else:
         item = {"role": role, "agent": agent, "seq": seq, "text": payload["text"], "ts": now}
         rows = await st.cipher.seal_items(acct.account, eng.id, [item], now)
@@ -188,6 +209,8 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                 raise _Refused("frame.bad_field", "compliance mode needs visitor keys")
             if hub.router.live_count(acct.account) >= st.config.max_engagements_per_account:
                 raise _Refused("account.busy", "too many live engagements")
+            if compliance:
+                await _check_backpressure(st, acct.account)
             replay = hub.router.open_engagement(
                 account=acct.account, mode=acct.mode, engagement=secrets.token_urlsafe(12),
                 conn=conn.id, resume_token=secrets.token_urlsafe(24),

@@ -41,6 +41,9 @@ class RelayConfig:
     record_granularity_seconds: int = 60
     outbox_max_age_seconds: int = 7 * 86400
     outbox_max_bytes: int = 512 * 1024 * 1024
+    outbox_account_max_bytes: int = 64 * 1024 * 1024
+    link_window: int = 256
+    link_auth_timeout_seconds: float = 10.0
     group_commit_max_batch: int = 256
     max_frame_bytes: int = 128 * 1024
     connections_per_ip_per_minute: int = 120
@@ -66,8 +69,13 @@ FIELD_HELP: dict[str, str] = {
     "log_file": "write JSON-line logs here as well as to stderr (relative to state_dir)",
     "trusted_proxies": "peer addresses whose X-Forwarded-For is believed (reverse proxy)",
     "record_granularity_seconds": "engagement record times are rounded down to this",
-    "outbox_max_age_seconds": "outbox entries older than this are dropped (and counted)",
+    "outbox_max_age_seconds": "an account whose oldest undelivered envelope is older than this"
+                              " gets no new compliance engagements (nothing is dropped)",
     "outbox_max_bytes": "outbox total size above which new envelopes are refused",
+    "outbox_account_max_bytes": "an account's outbox size at which its new compliance"
+                                " engagements are refused (outbox.backpressure)",
+    "link_window": "outbox frames in flight to a vault link before a receipt is needed",
+    "link_auth_timeout_seconds": "a vault link that does not authenticate in this time is closed",
     "group_commit_max_batch": "most writes committed in one transaction",
     "max_frame_bytes": "largest websocket frame accepted",
     "connections_per_ip_per_minute": "websocket connections per client address per minute",

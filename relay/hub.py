@@ -95,7 +95,10 @@ class ChatHub:
                 started_at=round_down(e.started_at, g),
                 ended_at=None if e.ended_at is None else round_down(e.ended_at, g),
                 queue_wait_s=wait, first_response_s=first, agent=e.agent,
-                outcome=e.outcome, **e.counts))
+                outcome=e.outcome, visitor_messages=e.counts["visitor_messages"],
+                agent_messages=e.counts["agent_messages"],
+                visitor_bytes=e.counts["visitor_bytes"], agent_bytes=e.counts["agent_bytes"],
+                transfers=e.counts["transfers"]))
             if e.ended_at is not None:
                 self.st.metrics.engagements_total.labels(e.outcome).inc()
         if records:

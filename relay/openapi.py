@@ -80,6 +80,12 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": _ACCOUNT},
     "/v1/chat/agent": {"get": _op("Agent chat websocket (see relay/protocol.py)",
                                   "agent token", "101")},
+    "/v1/vault/link": {"get": _op("Vault link websocket (see envelope/link.py): challenge,"
+                                  " identity-key auth, outbox stream, receipts", "none",
+                                  "101")},
+    "/v1/accounts/{account}/offload": {
+        "get": _op("Compliance-toggle offload progress", "account admin"),
+        "parameters": _ACCOUNT},
     "/v1/openapi.json": {"get": _op("This document", "none")},
     "/metrics": {"get": _op("Prometheus metrics", "none")},
     "/healthz": {"get": _op("Liveness", "none")},

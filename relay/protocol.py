@@ -63,7 +63,10 @@ Close codes (the reason is the stable code):
           envelope.* (malformed, wrong_account, missing_vault_recipient, ...),
           sender.mismatch, transfer.unavailable, agent.at_capacity
     4429  rate.limited, account.busy
-    4503  outbox.full, store.unavailable
+    4503  outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
+          collected its outbox: it reached outbox_account_max_bytes or its oldest entry
+          is older than outbox_max_age_seconds; new compliance engagements are refused
+          until the vault catches up; nothing queued is ever dropped)
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ CLOSE_CODES: dict[str, int] = {
     "resume.unknown": 4404, "engagement.not_assigned": 4404, "session.idle_timeout": 4408,
     "hello.timeout": 4408, "session.superseded": 4409, "engagement.taken": 4409,
     "mode.changed": 4410, "frame.too_large": 4413, "rate.limited": 4429,
-    "account.busy": 4429, "outbox.full": 4503, "store.unavailable": 4503,
+    "account.busy": 4429, "outbox.full": 4503, "outbox.backpressure": 4503,
+    "store.unavailable": 4503,
 }
 _MAX_TEXT = 16_384
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")

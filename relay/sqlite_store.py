@@ -22,6 +22,7 @@ from typing import Any
 
 import aiosqlite
 
+from .sqlite_link_store import LinkStoreMixin, insert_outbox
 from .store import (
     Account,
     AgentCertificateRow,
@@ -40,6 +41,9 @@ _Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
 _ENG_FIELDS = ("engagement", "account", "mode", "started_at", "ended_at", "queue_wait_s",
                "first_response_s", "visitor_messages", "agent_messages", "visitor_bytes",
                "agent_bytes", "agent", "transfers", "outcome", "receipts")
+# The hub owns these columns; receipts, rejections and erasures belong to the vault
+# link and live in their own tables, so a record rewrite never resets them.
+_HUB_FIELDS = tuple(f for f in _ENG_FIELDS if f != "receipts")
 
 
 def _schema_files() -> list[tuple[int, str]]:
@@ -54,7 +58,7 @@ def _schema_files() -> list[tuple[int, str]]:
 SCHEMA_VERSION = max(v for v, _ in _schema_files())
 
 
-class SqliteStore:
+class SqliteStore(LinkStoreMixin):
     """:class:`relay.store.RelayStore` on one SQLite file."""
 
     def __init__(self, path: str | pathlib.Path, *, max_batch: int = 256) -> None:
@@ -243,47 +247,54 @@ class SqliteStore:
 
     async def upsert_engagements(self, records: Sequence[EngagementRecord]) -> None:
         """Write engagement records (group-committed)."""
-        cols = ", ".join(_ENG_FIELDS)
-        marks = ", ".join("?" for _ in _ENG_FIELDS)
-        rows = [tuple(getattr(r, f) for f in _ENG_FIELDS) for r in records]
+        cols = ", ".join(_HUB_FIELDS)
+        marks = ", ".join("?" for _ in _HUB_FIELDS)
+        sets = ", ".join(f"{f}=excluded.{f}" for f in _HUB_FIELDS if f != "engagement")
+        rows = [tuple(getattr(r, f) for f in _HUB_FIELDS) for r in records]
         await self._write(lambda c: c.executemany(
-            f"INSERT OR REPLACE INTO engagements ({cols}) VALUES ({marks})", rows))
+            f"INSERT INTO engagements ({cols}) VALUES ({marks})"
+            f" ON CONFLICT(engagement) DO UPDATE SET {sets}", rows))
 
     async def list_engagements(self, account: str, limit: int = 1000) -> list[EngagementRecord]:
-        """The account's records, newest first."""
-        rows = await self._fetch(f"SELECT {', '.join(_ENG_FIELDS)} FROM engagements"
-                                 " WHERE account=? ORDER BY started_at DESC, engagement"
-                                 " LIMIT ?", (account, limit))
-        return [EngagementRecord(**dict(zip(_ENG_FIELDS, r, strict=True))) for r in rows]
+        """The account's records, newest first, with the link's receipts and erasures."""
+        cols = ", ".join(f"e.{f}" for f in _ENG_FIELDS if f != "receipts")
+        rows = await self._fetch(
+            f"SELECT {cols},"
+            " (SELECT coalesce(sum(r.envelopes), 0) FROM engagement_receipts r"
+            "  WHERE r.account=e.account AND r.engagement=e.engagement),"
+            " (SELECT count(*) FROM engagement_rejections j"
+            "  WHERE j.account=e.account AND j.engagement=e.engagement),"
+            " x.erased_at, x.rule,"
+            " (SELECT group_concat(r.receipt_hash, ',') FROM engagement_receipts r"
+            "  WHERE r.account=e.account AND r.engagement=e.engagement)"
+            " FROM engagements e LEFT JOIN engagement_erasures x"
+            "  ON x.account=e.account AND x.engagement=e.engagement"
+            " WHERE e.account=? ORDER BY e.started_at DESC, e.engagement LIMIT ?",
+            (account, limit))
+        names = [f for f in _ENG_FIELDS if f != "receipts"]
+        out = []
+        for r in rows:
+            base = dict(zip(names, r[:len(names)], strict=True))
+            receipts, rejected, erased_at, rule, hashes = r[len(names):]
+            out.append(EngagementRecord(
+                **base, receipts=int(receipts), rejected=int(rejected), erased_at=erased_at,
+                erasure_rule=rule,
+                receipt_hashes=tuple(sorted(hashes.split(","))) if hashes else ()))
+        return out
 
     async def add_receipts(self, account: str, engagement: str, count: int) -> None:
-        """Count receipts on an engagement record (the vault link calls this)."""
+        """Count receipted envelopes on an engagement record (without a receipt hash)."""
         await self._write(lambda c: c.execute(
-            "UPDATE engagements SET receipts = receipts + ? WHERE account=? AND engagement=?",
-            (count, account, engagement)))
+            "INSERT INTO engagement_receipts (account, engagement, receipt_hash, envelopes, at)"
+            " VALUES (?, ?, '', ?, 0) ON CONFLICT(account, engagement, receipt_hash)"
+            " DO UPDATE SET envelopes = envelopes + excluded.envelopes",
+            (account, engagement, count)))
 
     # outbox -------------------------------------------------------------------
 
     async def append_outbox(self, entries: Sequence[OutboxEntry]) -> list[int]:
         """Append envelopes; return their outbox sequences once committed."""
-        async def op(conn: aiosqlite.Connection) -> list[int]:
-            seqs = []
-            for e in entries:
-                async with conn.execute(
-                        "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
-                        " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
-                        " RETURNING next_seq - 1", (e.account,)) as cur:
-                    row = await cur.fetchone()
-                assert row is not None
-                seq = int(row[0])
-                await conn.execute(
-                    "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
-                    " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
-                     e.created_at))
-                seqs.append(seq)
-            return seqs
-        result: list[int] = await self._write(op)
+        result: list[int] = await self._write(lambda c: insert_outbox(c, entries))
         return result
 
     async def read_outbox(self, account: str, after_seq: int, limit: int) -> list[OutboxEntry]:

@@ -12,11 +12,13 @@ from aiohttp import web
 from .atrest import TranscriptCipher
 from .config import RelayConfig
 from .keyring import RelayKeyring
+from .links import LinkRegistry
 from .metrics import RelayMetrics
 from .sqlite_store import SqliteStore
 
 if TYPE_CHECKING:
     from .hub import ChatHub
+    from .offload import Offloader
 
 __all__ = ["STATE", "RelayState"]
 
@@ -34,6 +36,8 @@ class RelayState:
     operator_token: str
     clock: Callable[[], float]
     hub: ChatHub | None = None
+    offload: Offloader | None = None
+    links: LinkRegistry = field(default_factory=LinkRegistry)
     ready: bool = False
     background: list[object] = field(default_factory=list)
 

@@ -23,6 +23,7 @@ __all__ = [
     "ModeChange",
     "OutboxEntry",
     "OutboxStats",
+    "ReceiptOutcome",
     "RelayStore",
     "TokenRecord",
     "TranscriptRow",
@@ -97,6 +98,10 @@ class EngagementRecord:
     agent: str | None = None
     transfers: int = 0
     receipts: int = 0
+    rejected: int = 0
+    erased_at: int | None = None
+    erasure_rule: str | None = None
+    receipt_hashes: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The record as a JSON object."""
@@ -123,6 +128,15 @@ class OutboxStats:
     entries: int
     total_bytes: int
     oldest_created_at: int | None
+
+
+@dataclass(frozen=True)
+class ReceiptOutcome:
+    """What one verified receipt deleted: outbox ``(seq, created_at)`` pairs and the
+    engagements whose offload completed (their transcripts are gone)."""
+
+    deleted: tuple[tuple[int, int], ...]
+    offloaded: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -209,6 +223,30 @@ class RelayStore(Protocol):
 
     async def expire_outbox(self, cutoff: int) -> int:
         """Drop entries created before ``cutoff``; return how many."""
+
+    async def apply_receipt(self, account: str, receipt_hash: str,
+                            items: Sequence[tuple[str, str, str]], at: int) -> ReceiptOutcome:
+        """Delete entries matching ``(engagement, envelope_id, hash)``; keep the receipt hash."""
+
+    async def reject_outbox(self, account: str, seq: int, code: str, at: int) -> str | None:
+        """Drop a refused entry, count it on its engagement; its engagement or None."""
+
+    async def record_erasure(self, account: str, notice_hash: str, engagements: Sequence[str],
+                             rule: str, at: int) -> int:
+        """Record a verified erasure notice on engagement records; return how many."""
+
+    async def plan_offload(self, account: str, at: int) -> int:
+        """Mark every stored transcript of ``account`` for offload; return how many."""
+
+    async def pending_offloads(self, limit: int) -> list[tuple[str, str]]:
+        """``(account, engagement)`` pairs still to seal, oldest plan first."""
+
+    async def queue_offload(self, account: str, engagement: str,
+                            entries: Sequence[OutboxEntry]) -> None:
+        """Append offload envelopes and mark the engagement queued, in one transaction."""
+
+    async def offload_progress(self, account: str | None) -> dict[str, int]:
+        """Offload rows of ``account`` (or of all accounts) by state."""
 
     async def add_data_key(self, row: DataKeyRow, at: int) -> None:
         """Store a new active data key (older ones become inactive)."""

@@ -1,6 +1,9 @@
-"""The retention sweeper: deletes standard-mode transcripts past their account's age,
-and outbox entries past the configured outbox age. ``now`` is an argument, so tests
-run it with an injected clock.
+"""The retention sweeper: deletes standard-mode transcripts past their account's age.
+``now`` is an argument, so tests run it with an injected clock.
+
+The outbox is never swept: its entries were acknowledged to their senders, and
+dropping them would lose data the relay promised to deliver. Its age and size bounds
+instead refuse new compliance-mode engagements (backpressure, see relay.chat).
 """
 
 from __future__ import annotations
@@ -24,11 +27,9 @@ async def sweep_once(st: RelayState, *, now: float) -> int:
     for acct in await st.store.list_accounts():
         deleted += await st.store.delete_transcripts(
             acct.account, before=retention_cutoff(now, acct.retention_days))
-    expired = await st.store.expire_outbox(int(now) - st.config.outbox_max_age_seconds)
-    if deleted or expired:
+    if deleted:
         await st.store.checkpoint()
     st.metrics.sweeper_runs.inc()
     st.metrics.transcripts_swept.inc(deleted)
-    st.metrics.outbox_expired.inc(expired)
-    log_event(st.logger, logging.INFO, "sweeper.run", deleted=deleted, outbox_expired=expired)
+    log_event(st.logger, logging.INFO, "sweeper.run", deleted=deleted)
     return deleted

@@ -57,16 +57,19 @@ class SenderSequences:
 class PublicKeys:
     """An account's vault key and agent certificates, verified under a pinned identity."""
 
-    def __init__(self, account: str, data: dict[str, Any], pinned: str | None, now: int
-                 ) -> None:
+    def __init__(self, account: str, data: dict[str, Any], pinned: str | None, now: int,
+                 *, allow_standard: bool = False) -> None:
         self.account, self.mode = account, data.get("mode", "standard")
         self.vault_key: bytes | None = None
         self.vault_key_id: str | None = None
         self.certificates: list[AgentCertificate] = []
-        if pinned is not None and (self.mode != "compliance" or data.get("identity_key") is None):
+        if pinned is not None and not allow_standard and (
+                self.mode != "compliance" or data.get("identity_key") is None):
             # A client that pins the controller's fingerprint speaks compliance mode only:
             # otherwise a hostile relay could claim "standard" and receive plaintext
-            # (downgrade attack).
+            # (downgrade attack). ``allow_standard`` is the controller's explicit opt-in
+            # for an account still migrating to compliance mode: such a client chats in
+            # standard mode and verifies the pinned keys when it is told to re-key.
             raise ChatClientError("keys.downgrade_refused",
                                   "a pinned client sends envelopes only")
         if data.get("identity_key") is None or (pinned is None and self.mode != "compliance"):
@@ -100,12 +103,14 @@ class PublicKeys:
 
 
 async def fetch_keys(http: aiohttp.ClientSession, base_url: str, account: str,
-                     pinned: str | None, now: int) -> PublicKeys:
+                     pinned: str | None, now: int, *, allow_standard: bool = False
+                     ) -> PublicKeys:
     """GET the account's public keys and verify them."""
     async with http.get(f"{base_url}/v1/accounts/{account}/keys") as resp:
         if resp.status != 200:
             raise ChatClientError("account.not_found", f"status {resp.status}")
-        return PublicKeys(account, await resp.json(), pinned, now)
+        return PublicKeys(account, await resp.json(), pinned, now,
+                          allow_standard=allow_standard)
 
 
 class Session:

@@ -36,8 +36,9 @@ class AgentClient:
 
     def __init__(self, base_url: str, token: str, account: str, *,
                  keys: PartyKeys | None = None, pinned_fingerprint: str | None = None,
-                 capacity: int = 5) -> None:
+                 capacity: int = 5, allow_standard: bool = False) -> None:
         self.base_url, self.token, self.account = base_url.rstrip("/"), token, account
+        self.allow_standard = allow_standard  # see PublicKeys: explicit downgrade opt-in
         self.party, self.pinned, self.capacity = keys, pinned_fingerprint, capacity
         self.http: aiohttp.ClientSession | None = None
         self.session: Session | None = None
@@ -52,14 +53,17 @@ class AgentClient:
     @property
     def compliance(self) -> bool:
         """True when the account is in compliance mode."""
-        # A pinned device never believes a relay that says "standard" (downgrade attack).
-        return self.pinned is not None or self.welcome.get("mode") == "compliance"
+        # A pinned device never believes a relay that says "standard" (downgrade attack),
+        # unless the controller opted this device into a migrating account.
+        if self.pinned is not None and not self.allow_standard:
+            return True
+        return self.welcome.get("mode") == "compliance"
 
     async def connect(self) -> dict[str, Any]:
         """Open the socket (or reopen it, resuming every engagement)."""
         self.http = self.http or aiohttp.ClientSession()
         self.public = await fetch_keys(self.http, self.base_url, self.account, self.pinned,
-                                       int(time.time()))
+                                       int(time.time()), allow_standard=self.allow_standard)
         hello: dict[str, Any] = {"type": "hello", "capacity": self.capacity, "last": self.last}
         if self.party is not None:
             hello["key_id"] = self.party.encryption_key_id

@@ -33,9 +33,11 @@ class VisitorClient:
 
     def __init__(self, base_url: str, account: str, *, origin: str,
                  pinned_fingerprint: str | None = None, visitor_id: str | None = None,
-                 user_agent: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 user_agent: str | None = None, headers: dict[str, str] | None = None,
+                 allow_standard: bool = False) -> None:
         self.base_url, self.account = base_url.rstrip("/"), account
         self.pinned = pinned_fingerprint
+        self.allow_standard = allow_standard  # see PublicKeys: explicit downgrade opt-in
         self.visitor_id = visitor_id
         self.http_headers = {"Origin": origin, **(headers or {})}
         if user_agent is not None:
@@ -49,6 +51,9 @@ class VisitorClient:
         self.last_dseq = 0
         self.seq = 0
         self.unacked: dict[int, dict[str, Any] | bytes] = {}
+        # What each unacknowledged frame said, so it can be sealed again into a new
+        # engagement if the relay lost the old one (restart): see reconnect().
+        self.pending: dict[int, tuple[str, dict[str, Any]]] = {}
         self.history: list[dict[str, Any]] = []
         self.agent: str | None = None
         self.agent_key_id: str | None = None
@@ -66,7 +71,7 @@ class VisitorClient:
         """Fetch and verify keys, open the socket, start an engagement; return welcome."""
         self.http = self.http or aiohttp.ClientSession(headers=self.http_headers)
         self.keys = await fetch_keys(self.http, self.base_url, self.account, self.pinned,
-                                     int(time.time()))
+                                     int(time.time()), allow_standard=self.allow_standard)
         hello: dict[str, Any] = {"type": "hello"}
         if self.compliance:
             hello["keys"] = {"enc": b64e(self.party.encryption.public_bytes),
@@ -94,7 +99,8 @@ class VisitorClient:
             # only the controller's identity key can vouch for its keys.
             try:
                 self.keys = await fetch_keys(self.http, self.base_url, self.account,
-                                             self.pinned, int(time.time()))
+                                             self.pinned, int(time.time()),
+                                             allow_standard=self.allow_standard)
                 self.agent_cert = self.keys.agent(agent, key_id)
             except ChatClientError as exc:
                 # A relay-made or forged agent: seal nothing more in this engagement (not
@@ -114,6 +120,7 @@ class VisitorClient:
             self.last_dseq = frame["dseq"]
         if frame.get("type") == "ack":
             self.unacked.pop(frame["seq"], None)
+            self.pending.pop(frame["seq"], None)
         if frame.get("type") == "assigned":
             await self._assigned(frame["agent"], frame.get("key_id"), handoff=True)
         if frame.get("type") == "msg":
@@ -160,6 +167,7 @@ class VisitorClient:
                     account=self.account, engagement=self.engagement, sequence=self.seq,
                     kind=kind, recipients=recipients)
         self.unacked[self.seq] = data
+        self.pending[self.seq] = (kind, body)
         await self.session.send_bytes(data)
         return self.seq
 
@@ -173,6 +181,7 @@ class VisitorClient:
             seq = self.seq
             frame = {"type": "msg", "seq": seq, "text": text}
             self.unacked[seq] = frame
+            self.pending[seq] = ("message", {"text": text})
             await self.session.send_json(frame)
         self.history.append({"role": "visitor", "seq": seq, "text": text,
                              "ts": int(time.time())})
@@ -208,12 +217,41 @@ class VisitorClient:
         acked = int(welcome.get("acked", 0))
         for seq in [s for s in self.unacked if s <= acked]:
             del self.unacked[seq]
+            self.pending.pop(seq, None)
         assert self.session is not None
         for _seq, frame in sorted(self.unacked.items()):
             if isinstance(frame, bytes):
                 await self.session.send_bytes(frame)
             else:
                 await self.session.send_json(frame)
+        return welcome
+
+    async def reconnect(self) -> dict[str, Any]:
+        """Resume; if the relay no longer knows the engagement (it restarted), open a new
+        one and send again every message it never acknowledged, sealed into the new one.
+
+        Acknowledged messages are durable at the relay and are not sent again; an
+        unacknowledged one may have been durable too, so it can reach the vault twice
+        (once per engagement): at-least-once for what was never acknowledged.
+        """
+        try:
+            return await self.resume()
+        except ChatClientError as exc:
+            if exc.code != "resume.unknown":
+                raise
+        again = [self.pending[s] for s in sorted(self.pending)]
+        self.unacked.clear()
+        self.pending.clear()
+        self.seq, self.last_dseq = 0, 0
+        self.agent = self.agent_key_id = self.agent_cert = None
+        if self.session is not None:
+            await self.session.close()
+        welcome = await self.connect()
+        for kind, body in again:
+            if self.compliance:
+                await self._send_sealed(kind, body)
+            elif kind == "message":
+                await self.send(body["text"])
         return welcome
 
     async def end(self) -> None:

@@ -44,6 +44,10 @@ RELAY_MATRIX: dict[str, str] = {
     "POST /v1/accounts/{account}/data-keys/rotate": "admin",
     "GET /v1/accounts/{account}/outbox": "admin",
     "GET /v1/accounts/{account}/mode-changes": "admin",
+    "GET /v1/accounts/{account}/offload": "admin",
+    # Authenticated by the vault's identity-key challenge, not a token: the cross-account
+    # refusal is proven against a real relay process in tests/e2e/test_e2e_link_security.py.
+    "GET /v1/vault/link": "ws-link",
     "GET /v1/chat/visitor/{account}": "ws-visitor",
     "GET /v1/chat/agent": "ws-agent",
     "GET /v1/openapi.json": "public",
@@ -231,6 +235,8 @@ async def test_relay_isolation_matrix(two_account_relay: TwoAccountRelay,
         if cls == "ws-visitor":
             n, breaches = await _visitor_socket_matrix(r)
             ws_checks[key], cross = n, cross + breaches
+            continue
+        if cls == "ws-link":
             continue
         if cls == "ws-agent":
             waiting = VisitorClient(r.url, "acme-a", origin=r.origins["acme-a"])

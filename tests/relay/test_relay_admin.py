@@ -126,6 +126,7 @@ ADMIN_ROUTES = [
     ("DELETE", "/v1/accounts/{a}/transcripts"),
     ("POST", "/v1/accounts/{a}/data-keys/rotate"),
     ("GET", "/v1/accounts/{a}/outbox"),
+    ("GET", "/v1/accounts/{a}/offload"),
     ("POST", "/v1/accounts/{a}/admin-tokens"),
     ("POST", "/v1/accounts"),
 ]
@@ -142,7 +143,7 @@ async def test_foreign_account_token_refused_on_every_admin_route(relay: Relay) 
                    for m, p in ADMIN_ROUTES}
     public = {("GET", "/v1/accounts/{account}/keys"), ("GET", "/v1/chat/visitor/{account}"),
               ("GET", "/v1/chat/agent"), ("GET", "/v1/openapi.json"), ("GET", "/metrics"),
-              ("GET", "/healthz"), ("GET", "/readyz")}
+              ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/vault/link")}
     assert documented == admin_paths | public  # every admin route is in this test
     for method, path in ADMIN_ROUTES:
         url = path.format(a="clinic")
