@@ -292,7 +292,7 @@ class VaultStore(StaffQueries):
     async def erase_engagements(self, engagements: Sequence[str], now: int, rule: str,
                                 audit: AuditRecord, notices: Sequence[str] = ()) -> int:
         """Delete every row of the engagements, keep a tombstone, queue the signed
-        notices for the relay (same transaction: none lost), truncate the WAL."""
+        notices for the relay (same transaction: none lost); call flush_wal() next."""
         n = 0
         async with store_errors(self._db, "erase engagements"):
             for eng in engagements:
@@ -314,8 +314,11 @@ class VaultStore(StaffQueries):
                 "INSERT INTO erasure_notices (notice, created_at) VALUES (?, ?)",
                 [(n, now) for n in notices])
             await self._append_audit([audit], now)
-        await checkpoint_truncate(self._db)
         return n
+
+    async def flush_wal(self) -> bool:
+        """Checkpoint and truncate vault.db's WAL; False if a reader kept old pages alive."""
+        return await checkpoint_truncate(self._db)
 
     async def add_checkpoint(self, body: str, sig: str, seq: int) -> None:
         """Keep a signed checkpoint of the audit chain head."""
