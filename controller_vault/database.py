@@ -13,6 +13,7 @@ import importlib.resources
 import os
 import pathlib
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator
 
 import aiosqlite
@@ -86,22 +87,32 @@ async def checkpoint_truncate(db: aiosqlite.Connection, *, attempts: int = 4,
     return False
 
 
+#: One lock per writer connection. Tasks of one process (ingest, staff API, mailer,
+#: retention) share the connection: without it a second BEGIN inside the first task's
+#: transaction fails ("within a transaction") and its write, an audit entry say, is lost.
+_WRITE_LOCKS: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
+
+
 @contextlib.asynccontextmanager
 async def store_errors(db: aiosqlite.Connection, what: str) -> AsyncIterator[None]:
     """One write transaction: commit, or roll back and raise StoreUnavailable (no partial write)."""
-    try:
-        await db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") from None
-    try:
-        yield
-        await db.execute("COMMIT")
-    except BaseException as exc:
-        with contextlib.suppress(sqlite3.Error):
-            await db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
+    lock = _WRITE_LOCKS.setdefault(db, asyncio.Lock())
+    async with lock:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") from None
-        raise
+        try:
+            yield
+            await db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") \
+                    from None
+            raise
 
 
 def _reason(exc: sqlite3.Error) -> str:
