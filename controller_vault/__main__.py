@@ -187,16 +187,32 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _pair(args: argparse.Namespace) -> int:
-    from .pairing import publish_vault_key
+    from .pairing import fetch_relay_signing_key, publish_vault_key
+    from .store import AuditRecord
 
     cfg = _config(args, account=args.account)
     keys = _keys(cfg)
     if keys.account != args.account:
         raise VaultError("this vault was initialised for another account", code="cli.usage")
-    asyncio.run(publish_vault_key(args.relay, _token(args), keys,
-                                  ca_file=cfg.relay_ca_file or None))
+    token, ca_file = _token(args), cfg.relay_ca_file or None
+    asyncio.run(publish_vault_key(args.relay, token, keys, ca_file=ca_file))
+    relay_key = asyncio.run(fetch_relay_signing_key(args.relay, token, keys.account,
+                                                    ca_file=ca_file))
     print(f"paired account {keys.account} at {args.relay}; "
           f"identity fingerprint {keys.identity.fingerprint}")
+    if relay_key is None:
+        print("the relay publishes no relay_signing_key: relay-role envelopes are trusted "
+              "on first use, and a key change raises an alert", file=sys.stderr)
+        return 0
+    from envelope import key_id
+
+    async def op(store: VaultStore) -> None:
+        await store.set_relay_pin(relay_key, "pair", int(time.time()), AuditRecord(
+            "admin", "pin-relay-key", "key-management", key_id(relay_key), {}))
+
+    asyncio.run(_with_store(cfg, op))
+    print(f"relay signing key {key_id(relay_key)} pinned: relay-role envelopes signed by "
+          "any other key are refused")
     return 0
 
 

@@ -153,6 +153,10 @@ async def _retention_loop(app: web.Application) -> None:
             if result.erased.engagements:
                 app[NOTICES].wake()
                 app[ALERTS].record("erasure")
+            if not result.erased.complete:
+                app[ALERTS].raise_kind("erasure_incomplete_checkpoint",
+                                       "vault.erasure_incomplete_checkpoint",
+                                       result.erased.engagements)
         except VaultError as exc:  # a locked store: try again next round
             log.error("retention sweep failed: %s", exc.code)
         await asyncio.sleep(cfg.retention_sweep_s)

@@ -11,10 +11,23 @@ the receipt out. Every envelope is checked before anything is written:
     body matches its kind's schema          vault.bad_body               malformed plaintext
     role "relay" only for connection-info   vault.role_not_allowed       relay posing as a
       and offload; others never those                                    visitor or agent
+    relay key = the pinned relay key        vault.relay_key_mismatch     anyone posing as
+      (pinned at `pair`; see below)                                      the relay
+    offload only before any party envelope  vault.offload_not_allowed    relay-made text in
+      of the engagement is stored                                        a live engagement
+    one connection-info per engagement      vault.connection_info_repeated  relay rewriting
+                                                                         the visitor's
     visitor key = engagement's first one    vault.visitor_key_mismatch   relay-injected text
     agent/bot key certified by this vault   vault.agent_not_certified    relay-made agents
     same envelope id, other bytes           vault.envelope_id_conflict   replay with edits
     (engagement, sender, seq) reused        vault.sequence_reused        splice/reorder
+
+The relay's signing key is pinned by ``controller-vault pair`` from the relay's
+``/keys`` answer (``relay_signing_key``); then any other key is refused. A relay that
+does not publish one is trusted on first use: the first relay-role key seen is kept,
+and a later different key is still accepted (a key rotation must not lose frames) but
+raises the ``relay_key_changed`` anomaly and becomes the remembered key. TOFU stops
+nothing on its own; it makes a substitution visible to the controller.
 
 The same envelope twice is stored once and named in the receipt again (idempotent), as
 is a redelivery for an erased engagement (acknowledged, never stored again). Refused
@@ -63,6 +76,9 @@ ANOMALY_KINDS = {
     "vault.visitor_key_mismatch": "forged_envelope",
     "vault.agent_not_certified": "forged_envelope",
     "vault.role_not_allowed": "forged_envelope",
+    "vault.relay_key_mismatch": "forged_envelope",
+    "vault.offload_not_allowed": "forged_envelope",
+    "vault.connection_info_repeated": "replayed_envelope",
     "vault.not_recipient": "unknown_recipient_key",
     "envelope.wrong_account": "misaddressed_envelope",
     "vault.envelope_id_conflict": "replayed_envelope",
@@ -121,12 +137,14 @@ class Ingestor:
                  on_anomaly: Callable[[str, str], None] | None = None,
                  redaction: RedactionRules | None = None,
                  on_redacted: Callable[[dict[str, int]], None] | None = None,
-                 on_transcript_request: Callable[[str, str], None] | None = None) -> None:
+                 on_transcript_request: Callable[[str, str, bytes | None], None] | None = None
+                 ) -> None:
         self._keys = keys
         self._redaction = redaction
         self._on_redacted = on_redacted
-        # Called after the commit with (engagement, address): the address never
-        # reaches a log, the audit or an error (see controller_vault.mail_service).
+        # Called after the commit with (engagement, address, the visitor signing key
+        # that sent the request, or None when another role sent it): the address never
+        # reaches a log, the audit or an error (see staff_services.TranscriptMailer).
         self._on_transcript_request = on_transcript_request
         self._store = store
         self._keystore = keystore
@@ -134,6 +152,7 @@ class Ingestor:
         self.rejected_total: collections.Counter[str] = collections.Counter()
         self.stored_total = 0
         self.duplicates_total = 0
+        self.relay_key_changes = 0
 
     async def ingest(self, frames: Sequence[bytes], now: int) -> IngestResult:
         """Verify ``frames``, commit the good ones in one transaction, sign one receipt."""
@@ -152,6 +171,11 @@ class Ingestor:
             for c in checked)
         certified = await self._store.certified_keys()
         pinned = {e: s.visitor_key for e, s in states.items()}
+        relay_pin = await self._store.relay_pin()
+        relay_key = relay_pin.public_key if relay_pin is not None else None
+        relay_changes = 0
+        with_parties = await self._store.engagements_with_parties(engagements)
+        with_conninfo = await self._store.engagements_with_connection_info(engagements)
         items: list[tuple[str, str, str]] = []
         pending: list[tuple[bytes, OpenedEnvelope, dict[str, Any], str, str]] = []
         seen_ids: dict[str, str] = {}
@@ -173,11 +197,21 @@ class Ingestor:
                 items.append((h.engagement, h.envelope_id, digest))
                 continue
             code = self._sender_refusal(h, pinned, certified, now)
+            if code is None and h.role == "relay":
+                code = self._relay_refusal(h, relay_pin, with_parties, with_conninfo)
             if code is None and (h.engagement, h.sender_key_id, h.sequence) in taken:
                 code = "vault.sequence_reused"
             if code is not None:
                 rejections.append((i, code))
                 continue
+            if h.role == "relay":
+                if h.kind == "connection-info":
+                    with_conninfo.add(h.engagement)
+                if relay_key != h.sender_public_key:
+                    relay_changes += relay_key is not None
+                    relay_key = h.sender_public_key
+            else:
+                with_parties.add(h.engagement)
             if h.role == "visitor" and pinned.get(h.engagement) is None:
                 pinned[h.engagement] = h.sender_public_key
             taken.add((h.engagement, h.sender_key_id, h.sequence))
@@ -185,6 +219,15 @@ class Ingestor:
             pending.append((data, opened, body, kid, digest))
             items.append((h.engagement, h.envelope_id, digest))
         gaps = await self._commit(pending, rejections, duplicates, now)
+        if relay_key is not None and (relay_pin is None or relay_pin.public_key != relay_key):
+            # Only reachable without a pairing pin (a pinned key never changes here).
+            await self._store.set_relay_pin(relay_key, "tofu", now, AuditRecord(
+                "vault-link", "relay-key-tofu", "integrity", "relay",
+                {"changed": relay_pin is not None or relay_changes > 0}))
+            if relay_pin is not None or relay_changes:
+                self.relay_key_changes += 1
+                if self._on_anomaly is not None:
+                    self._on_anomaly("relay_key_changed", "vault.relay_key_changed")
         counts = collections.Counter(code for _, code in rejections)
         self.rejected_total.update(counts)
         self.stored_total += len(pending)
@@ -211,6 +254,23 @@ class Ingestor:
             cert = certified.get(h.sender_key_id)
             if cert is None or not cert.not_before <= now <= cert.not_after + AGENT_CERT_GRACE_S:
                 return "vault.agent_not_certified"
+        return None
+
+    @staticmethod
+    def _relay_refusal(h: Any, pin: Any, with_parties: set[str],
+                       with_conninfo: set[str]) -> str | None:
+        # Pinned at pairing: a key the controller never saw cannot speak as the relay.
+        if pin is not None and pin.source == "pair" and pin.public_key != h.sender_public_key:
+            return "vault.relay_key_mismatch"
+        # An offload carries the transcript the relay stored before compliance mode; once
+        # a visitor or agent has spoken under end-to-end keys, relay-made "history" for
+        # that engagement would be fabricated content inserted into a live conversation.
+        if h.kind == "offload" and h.engagement in with_parties:
+            return "vault.offload_not_allowed"
+        # The relay sees the visitor's connection once; a second one would overwrite
+        # the record of where the visitor came from.
+        if h.kind == "connection-info" and h.engagement in with_conninfo:
+            return "vault.connection_info_repeated"
         return None
 
     async def _commit(self, pending: list[tuple[bytes, OpenedEnvelope, dict[str, Any], str,
@@ -262,8 +322,11 @@ class Ingestor:
             self._on_redacted(dict(redacted))
         if self._on_transcript_request is not None:
             for _data, opened, body, _kid, _digest in pending:
-                if opened.header.kind == "transcript-request":
-                    self._on_transcript_request(opened.header.engagement, body["email"])
+                h = opened.header
+                if h.kind == "transcript-request":
+                    self._on_transcript_request(
+                        h.engagement, body["email"],
+                        h.sender_public_key if h.role == "visitor" else None)
         incomplete = {e: m for e, m in gaps.items() if m}
         if incomplete:
             await self._store.append_audit(

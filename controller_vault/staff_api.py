@@ -241,6 +241,10 @@ async def _erase(request: web.Request, engagements: list[str], rule: str) -> web
         app[a.NOTICES].wake()
     if a.ALERTS in app:
         app[a.ALERTS].record("erasure", identity.token_id)
+        if not outcome.complete:
+            app[a.ALERTS].raise_kind("erasure_incomplete_checkpoint",
+                                     "vault.erasure_incomplete_checkpoint",
+                                     outcome.engagements)
     return web.json_response(outcome.to_json())
 
 

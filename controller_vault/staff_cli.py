@@ -258,6 +258,11 @@ def _erase(args: argparse.Namespace, cfg: VaultConfig, keys: Any) -> int:
                                              purpose=args.purpose, rule=rule,
                                              now=int(time.time()))
             print(json.dumps(outcome.to_json()))
+            if not outcome.complete:
+                print("erasure INCOMPLETE (erasure_incomplete_checkpoint): keys and rows are "
+                      "deleted but a concurrent reader kept old pages on disk; run the same "
+                      "erase command again", file=sys.stderr)
+                return 1
             print(f"erased {len(outcome.engagements)} engagement(s); the signed notice is "
                   "queued for the relay (sent by the running service)", file=sys.stderr)
             return 0

@@ -14,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .erasure import ErasureOutcome, erase_and_notify, read_engagement
+from envelope import key_id
+
+from .erasure import ErasureOutcome, OpenedRow, erase_and_notify, read_engagement
 from .errors import DataKeyDestroyed, VaultError
 from .keyfiles import VaultKeys
 from .keystore import KeyStore
@@ -188,8 +192,42 @@ class AlertRaiser:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+class _Refused(Exception):
+    """A transcript request the rule refuses; ``code`` is stable and non-personal."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _normalised_address(address: str) -> str:
+    return unicodedata.normalize("NFC", address).strip().casefold()
+
+
+def _prechat_addresses(rows: list[OpenedRow], visitor_key_id: str) -> set[str]:
+    found = set()
+    for row in rows:
+        if row.kind == "prechat" and row.role == "visitor" \
+                and row.sender_key_id == visitor_key_id:
+            with contextlib.suppress(ValueError):
+                email = json.loads(row.body).get("email")
+                if isinstance(email, str) and email.strip():
+                    found.add(_normalised_address(email))
+    return found
+
+
 class TranscriptMailer:
-    """Emails a transcript to the visitor who asked for it (a transcript-request envelope)."""
+    """Emails a transcript to the visitor who asked for it (a transcript-request envelope).
+
+    The rule (a decrypted transcript leaves the vault by email only to the visitor):
+    send only when the request was signed by the engagement's pinned visitor key (its
+    first visitor key) AND the address equals, after NFC, trimming and case folding, an
+    email that same visitor key gave in a pre-chat envelope of the engagement. Otherwise
+    nothing is sent and the audit records ``transcript.not_pinned_visitor`` or
+    ``transcript.address_not_given``. This stops a hostile relay that sends its own
+    visitor-key request (or any request to its own address) from receiving the agents'
+    replies by mail.
+    """
 
     def __init__(self, store: VaultStore, keystore: KeyStore, smtp: SmtpConfig | None, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -199,24 +237,32 @@ class TranscriptMailer:
         self._clock = clock
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sent = 0
+        self.refused = 0
 
-    def request(self, engagement: str, address: str) -> None:
+    def request(self, engagement: str, address: str, sender_key: bytes | None) -> None:
         """Ingest's hook: send in the background so ingest never waits for SMTP."""
-        task = asyncio.ensure_future(self._send(engagement, address))
+        task = asyncio.ensure_future(self._send(engagement, address, sender_key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, engagement: str, address: str) -> None:
+    async def _send(self, engagement: str, address: str, sender_key: bytes | None) -> None:
         now = int(self._clock())
         outcome = "sent"
         try:
+            state = (await self._store.engagement_states([engagement])).get(engagement)
+            pinned = state.visitor_key if state is not None else None
             if self._smtp is None:
                 outcome = "smtp-not-configured"
+            elif pinned is None or sender_key is None or bytes(pinned) != sender_key:
+                outcome = "transcript.not_pinned_visitor"
             else:
                 check_address(address)
                 rows = await read_engagement(self._store, self._keystore, engagement,
                                              actor="vault", purpose="transcript-email",
                                              now=now)
+                if _normalised_address(address) not in _prechat_addresses(
+                        rows, key_id(bytes(pinned))):
+                    raise _Refused("transcript.address_not_given")
                 summary = await self._store.engagement_summary(engagement)
                 agents = await self._store.agent_names()
                 transcript = build_transcript(
@@ -226,6 +272,10 @@ class TranscriptMailer:
                 self.sent += 1
         except (StaffError, VaultError, DataKeyDestroyed) as exc:
             outcome = exc.code
+        except _Refused as exc:
+            outcome = exc.code
+        if outcome.startswith("transcript."):
+            self.refused += 1
         # The audit names the engagement and the outcome code; never the address.
         with contextlib.suppress(VaultError):
             await self._store.append_audit([AuditRecord("vault", "transcript-email",

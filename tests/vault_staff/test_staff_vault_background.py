@@ -85,7 +85,9 @@ async def test_transcript_email_reaches_the_smtp_server(make_staff_vault, smtp_p
                       from_addr="noreply@clinic.example")
     v = await make_staff_vault(StaffSettings(smtp=smtp))
     visitor = PartyKeys.generate()
-    await v.ingest([v.env("eng-mail-0001", visitor, "message", {"text": "where is my order"}),
+    await v.ingest([v.env("eng-mail-0001", visitor, "prechat",
+                          {"email": " Visitor@Example.NET"}),
+                    v.env("eng-mail-0001", visitor, "message", {"text": "where is my order"}),
                     v.env("eng-mail-0001", visitor, "transcript-request",
                           {"email": "visitor@example.net"})])
     await asyncio.wait_for(v.app[MAILER].drain(), 20)
