@@ -7,6 +7,8 @@ verify, relay refused), 2 bad usage or configuration.
     controller-vault rotate-key (--config FILE | --state-dir DIR) [--relay URL]
     controller-vault pair --relay URL --account ACCOUNT --token TOKEN (--config | --state-dir)
     controller-vault audit verify (--config FILE | --state-dir DIR)
+    controller-vault backup DIR (--config FILE | --state-dir DIR)
+    controller-vault restore DIR --state-dir DIR [--only data|keys] [--force]
     controller-vault certify-agent --agent NAME --enc-pk B64 --sig-pk B64 [--days N]
                                    [--relay URL --token TOKEN] (--config | --state-dir)
 
@@ -73,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="verify the hash chain and checkpoints")
     where(verify)
+    backup = sub.add_parser("backup", help="online copy of the data store and the key store")
+    backup.add_argument("dir", help="new or empty directory to write the backup into")
+    where(backup)
+    restore = sub.add_parser("restore", help="put a backup's stores back (service stopped)")
+    restore.add_argument("dir", help="backup directory (with data/ and/or keys/)")
+    where(restore)
+    restore.add_argument("--only", choices=["data", "keys"],
+                         help="restore one part only (default: both)")
+    restore.add_argument("--force", action="store_true",
+                         help="replace stores that already hold data")
     cert = sub.add_parser("certify-agent", help="certify an agent device's public keys")
     where(cert)
     cert.add_argument("--agent", required=True, help="agent pseudonym")
@@ -241,6 +253,50 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup_state_dir(args: argparse.Namespace) -> pathlib.Path:
+    # restore targets a fresh directory that may have no vault.json yet, so no _config().
+    if args.config:
+        return _config(args).state_path
+    if not args.state_dir:
+        raise VaultError("give --config or --state-dir", code="cli.usage")
+    return pathlib.Path(args.state_dir)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from .backup import take_backup
+
+    manifest = take_backup(_backup_state_dir(args), args.dir, now=int(time.time()))
+    for part, doc in manifest["parts"].items():
+        print(f"{part}: {', '.join(sorted(doc['files']))} -> {pathlib.Path(args.dir) / part}")
+    print("keep keys/ for a SHORTER time than data/ (see deploy/README.md, Backups)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .backup import restore_backup
+
+    parts = (args.only,) if args.only else ("data", "keys")
+    state = _backup_state_dir(args)
+    report = restore_backup(args.dir, state, parts=parts, force=args.force)
+    for part, names in report.parts.items():
+        print(f"restored {part} (taken at {report.created_at[part]}): {', '.join(names)}")
+    if "data" in report.parts and (state / "vault.json").exists():
+        from .store import AuditRecord
+
+        # The restore itself goes into the (restored) audit chain: who put old data back.
+        record = AuditRecord("admin", "restore", "backup-restore", "backup",
+                             {"parts": sorted(report.parts), "taken_at": report.created_at})
+        cfg = load_config(None, env={"VAULT_STATE_DIR": str(state),
+                                     "VAULT_ACCOUNT": json.loads(
+                                         (state / "vault.json").read_text())["account"]})
+
+        async def op(store: VaultStore) -> None:
+            await store.append_audit([record], int(time.time()))
+
+        asyncio.run(_with_store(cfg, op))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
@@ -252,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `controller-vault` console script."""
     args = _parser().parse_args(argv)
     commands = {"init": _init, "serve": _serve, "rotate-key": _rotate, "pair": _pair,
-                "audit": _audit_verify, "certify-agent": _certify}
+                "audit": _audit_verify, "certify-agent": _certify,
+                "backup": _backup, "restore": _restore}
     try:
         if args.command in STAFF_COMMANDS:
             cfg = _config(args)
