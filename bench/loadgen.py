@@ -53,6 +53,9 @@ __all__ = ["Direction", "LoadResult", "main", "run_load"]
 MESSAGE_BYTES = 1024
 _TAIL = struct.Struct(">QQ")  # direction id, sequence: the unique key of a message
 _PAD = b"\x00" * (MESSAGE_BYTES - _TAIL.size)
+# Printed on stderr around the measured window (and drain), so a caller can read the
+# server's CPU time for exactly that span.
+MEASURING, MEASURED = "loadgen: measuring", "loadgen: measured"
 
 
 @dataclass
@@ -205,6 +208,8 @@ async def run_load(*, url: str, kind: str, pairs: int, duration: float,
                 d.sent += 1
 
         state["measuring"] = state["window_open"] = True
+        if parts == 1:
+            print(MEASURING, file=sys.stderr, flush=True)
         t0, cpu0 = time.monotonic(), time.process_time()
         await asyncio.gather(*(send_loop(d) for d in directions))
         result.duration_s = time.monotonic() - t0
@@ -216,6 +221,8 @@ async def run_load(*, url: str, kind: str, pairs: int, duration: float,
         while state["received"] < result.sent and time.monotonic() < drain_until:
             await asyncio.sleep(0.01)
         state["measuring"] = False
+        if parts == 1:
+            print(MEASURED, file=sys.stderr, flush=True)
         result.received = state["received"]
         result.latencies_ns = latencies
         return result
@@ -262,10 +269,12 @@ def _run_parts(args: argparse.Namespace, argv: list[str]) -> LoadResult:
             assert child.stdin is not None
             child.stdin.write("go\n")
             child.stdin.flush()
+        print(MEASURING, file=sys.stderr, flush=True)
         results = []
         for child in children:
             out, _ = child.communicate(timeout=max(1.0, deadline - time.monotonic()))
             results.append(json.loads(out.strip().splitlines()[-1]))
+        print(MEASURED, file=sys.stderr, flush=True)
         return _merge(results, args.kind, args.pairs, args.rate)
     finally:
         for child in children:

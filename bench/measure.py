@@ -11,6 +11,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,11 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen import MEASURED, MEASURING  # type: ignore[import-not-found]
 from relay_load import provision  # type: ignore[import-not-found]
 from servers import (  # type: ignore[import-not-found]
     BENCH,
     ROOT,
     Server,
+    cpu_seconds,
     rss_kib,
     start_bare,
     start_relay,
@@ -59,8 +62,12 @@ class Sizes:
 def loadgen(url: str, kind: str, pairs: int, duration: float, *, procs: int,
             rate: float | None = None, count: int | None = None,
             setup: pathlib.Path | None = None, per_agent: int = 1, window: int = 4,
-            ) -> dict[str, Any]:
-    """One bench/loadgen.py run (a separate process tree); its JSON summary."""
+            server_pid: int | None = None) -> dict[str, Any]:
+    """One bench/loadgen.py run (a separate process tree); its JSON summary.
+
+    With ``server_pid``, adds the server's CPU time per delivered message over the
+    measured window: steadier than msgs/s on a machine shared with other work.
+    """
     argv = [sys.executable, str(BENCH / "loadgen.py"), "--url", url, "--kind", kind,
             "--pairs", str(pairs), "--duration", str(duration), "--procs", str(procs),
             "--window", str(window), "--json"]
@@ -70,11 +77,35 @@ def loadgen(url: str, kind: str, pairs: int, duration: float, *, procs: int,
         argv += ["--count", str(count)]
     if setup:
         argv += ["--relay-setup", str(setup), "--per-agent", str(per_agent)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 400,
-                         cwd=ROOT, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen {kind} failed: {out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    marks: dict[str, float] = {}
+    errors: list[str] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT) as proc:
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if line.strip() in (MEASURING, MEASURED) and server_pid:
+                    marks[line.strip()] = cpu_seconds(server_pid)
+                else:
+                    errors.append(line)
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        # The generator has its own hard timeout; this one only guards against a hang.
+        killer = threading.Timer(duration + 400, proc.kill)
+        killer.start()
+        try:
+            assert proc.stdout is not None
+            stdout = proc.stdout.read()
+            proc.wait()
+        finally:
+            killer.cancel()
+        reader.join(timeout=10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen {kind} failed: {''.join(errors)[-2000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    if MEASURING in marks and MEASURED in marks and result["received"]:
+        result["server_cpu_us_per_msg"] = round(
+            1e6 * (marks[MEASURED] - marks[MEASURING]) / result["received"], 1)
     return result
 
 
@@ -104,13 +135,13 @@ def _stock(sizes: Sizes, pairs: int, duration: float) -> int:
 
 def _relay_load(tmp: pathlib.Path, name: str, sizes: Sizes, pairs: int, *,
                 rate: float | None = None, per_agent: int = 1, window: int = 4,
-                count: int | None = None) -> dict[str, Any]:
-    with relay_server(tmp, name) as (srv, setup):
+                count: int | None = None, **settings: object) -> dict[str, Any]:
+    with relay_server(tmp, name, **settings) as (srv, setup):
         stock = count or (int(rate * sizes.duration / (2 * pairs)) + 2 if rate
                           else _stock(sizes, pairs, sizes.duration))
         result = loadgen(srv.url, "relay", pairs, sizes.duration, procs=sizes.procs,
                          rate=rate, count=stock, setup=setup, per_agent=per_agent,
-                         window=window)
+                         window=window, server_pid=srv.pid)
         result["server_rss_kib"] = rss_kib(srv.pid)
         result["outbox_backlog"] = metric(srv.url, "relay_outbox_backlog")
         return result
@@ -122,10 +153,10 @@ def throughput(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]:
     for pairs in sizes.engagements:
         with start_bare() as srv:
             rows[f"bare@{pairs}"] = loadgen(srv.url, "bare", pairs, sizes.duration,
-                                            procs=sizes.procs)
+                                            procs=sizes.procs, server_pid=srv.pid)
         with start_socketio() as srv:
             rows[f"socketio@{pairs}"] = loadgen(srv.url, "socketio", pairs, sizes.duration,
-                                                procs=sizes.procs)
+                                                procs=sizes.procs, server_pid=srv.pid)
         rows[f"relay@{pairs}"] = _relay_load(tmp, f"tp{pairs}", sizes, pairs)
     return rows
 
@@ -137,7 +168,7 @@ def latency(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]:
     for rate in sizes.rates:
         with start_bare() as srv:
             rows[f"bare@{rate}/s"] = loadgen(srv.url, "bare", pairs, sizes.duration,
-                                             procs=sizes.procs, rate=rate)
+                                             procs=sizes.procs, rate=rate, server_pid=srv.pid)
         rows[f"relay@{rate}/s"] = _relay_load(tmp, f"lat{rate}", sizes, pairs, rate=rate)
     return rows
 
@@ -196,7 +227,8 @@ def backlog_growth(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]
             round_setup.write_text(json.dumps({**base, "agent_prefix": f"r{r}"}))
             backlog = metric(srv.url, "relay_outbox_backlog")
             result = loadgen(srv.url, "relay", pairs, sizes.duration, procs=sizes.procs,
-                             count=_stock(sizes, pairs, sizes.duration), setup=round_setup)
+                             count=_stock(sizes, pairs, sizes.duration), setup=round_setup,
+                             server_pid=srv.pid)
             result["backlog_before"] = backlog
             result["server_rss_kib"] = rss_kib(srv.pid)
             rows[f"backlog.round{r + 1}"] = result
