@@ -225,6 +225,9 @@ async def run_load(*, url: str, kind: str, pairs: int, duration: float,
             print(MEASURED, file=sys.stderr, flush=True)
         result.received = state["received"]
         result.latencies_ns = latencies
+        if relay_pairs is not None and relay_pairs.token_retries:
+            print(f"loadgen: {relay_pairs.token_retries} agent token retries (auth.bad_token)",
+                  file=sys.stderr, flush=True)
         return result
     finally:
         if relay_pairs is not None:

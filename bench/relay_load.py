@@ -130,6 +130,7 @@ class RelayPairs:
         self.identity = IdentityKey.from_seed(b64d(setup["identity_seed"]))
         self.vault_key = b64d(setup["vault_key"])
         self.sockets: list[_Socket] = []
+        self.token_retries = 0
         # (engagement, visitor socket, visitor keys, agent socket, agent keys)
         self.engagements: list[tuple[str, _Socket, PartyKeys, _Socket, PartyKeys]] = []
 
@@ -145,13 +146,26 @@ class RelayPairs:
                     {"certificate": cert})
         token = (await _call(http, "POST", f"{self.url}/v1/accounts/{acct}/agent-tokens",
                              admin, {"agent": name}))["token"]
-        ws = await self.session.ws_connect(f"{self.url}/v1/chat/agent", max_msg_size=1 << 20,
-                                           headers={"Authorization": f"Bearer {token}"})
-        sock = _Socket(ws, self.on_message)
+        for attempt in range(4):
+            ws = await self.session.ws_connect(f"{self.url}/v1/chat/agent",
+                                               max_msg_size=1 << 20,
+                                               headers={"Authorization": f"Bearer {token}"})
+            sock = _Socket(ws, self.on_message)
+            await ws.send_json({"type": "hello", "key_id": keys.encryption_key_id,
+                                "capacity": self.per_agent})
+            try:
+                await sock.next("welcome")
+                break
+            except RuntimeError as exc:
+                # Seen under load: a token committed a moment ago refused as unknown
+                # (auth.bad_token). Retrying the same token says whether it is a stale
+                # read (it then succeeds) or a lost write; the retries are counted.
+                await sock.close()
+                if "auth.bad_token" not in str(exc) or attempt == 3:
+                    raise
+                self.token_retries += 1
+                await asyncio.sleep(0.2 * (attempt + 1))
         self.sockets.append(sock)
-        await ws.send_json({"type": "hello", "key_id": keys.encryption_key_id,
-                            "capacity": self.per_agent})
-        await sock.next("welcome")
         return sock, keys
 
     async def _visitor(self, agent: _Socket, agent_keys: PartyKeys) -> None:
