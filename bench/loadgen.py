@@ -1,9 +1,14 @@
 """Load generator: N concurrent visitor/agent pairs over 127.0.0.1 against a forwarder.
 
-Runs as its own process (so it does not share the server's event loop or GIL).
-Every pair has a visitor and an agent connection; both send 1 KiB binary messages to
-each other. Each message carries its sequence number and send time, so the receiving
-side (in this same process, same monotonic clock) measures latency.
+Runs as its own process (so it does not share the server's event loop or GIL), or as
+``--procs K`` processes that split the pairs, start measuring together and merge their
+latencies: one Python process tops out near 10k msgs/s on this machine, so a single
+generator would measure itself rather than the server.
+
+Every pair has a visitor and an agent side; both send ~1 KiB binary messages to each
+other. The last 16 bytes of each message are unique (a direction id and sequence for
+the baselines; the tail of the Ed25519 signature for relay envelopes), so the receiving
+side (same process, same monotonic clock) finds the send time of what it got.
 
 Modes:
   closed loop (default)  each direction keeps at most ``--window`` messages in flight
@@ -17,41 +22,40 @@ direction), then at most ``--drain`` seconds for in-flight messages; the whole r
 under a hard timeout.
 
     python bench/loadgen.py --url http://127.0.0.1:8080 --kind bare --pairs 100 \
-        --duration 5 [--rate 1000] [--json]
+        --duration 5 [--rate 1000] [--procs 2] [--json]
 
 Kinds: ``bare`` (``/ws?pair=&role=`` websocket, see baselines/bare_forwarder.py),
-``socketio`` (needs the ``bench`` extra). A relay client kind is added with the relay.
+``socketio`` (needs the ``bench`` extra), ``relay`` (the relay in compliance mode,
+pre-sealed envelopes; needs ``--relay-setup FILE``, see relay_load.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
+import pathlib
 import random
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
+from relay_load import RelayPairs  # type: ignore[import-not-found]
+from sides import BareSide, SocketIOSide  # type: ignore[import-not-found]
 
-__all__ = ["LoadResult", "main", "run_load"]
+__all__ = ["Direction", "LoadResult", "main", "run_load"]
 
 MESSAGE_BYTES = 1024
-_STAMP = struct.Struct(">QQ")  # sequence, send time (monotonic ns)
-_PAD = b"\x00" * (MESSAGE_BYTES - _STAMP.size)
-
-
-class _Side(Protocol):
-    ready: asyncio.Event
-
-    async def send(self, data: bytes) -> None: ...
-
-    async def close(self) -> None: ...
+_TAIL = struct.Struct(">QQ")  # direction id, sequence: the unique key of a message
+_PAD = b"\x00" * (MESSAGE_BYTES - _TAIL.size)
+# Printed on stderr around the measured window (and drain), so a caller can read the
+# server's CPU time for exactly that span.
+MEASURING, MEASURED = "loadgen: measuring", "loadgen: measured"
 
 
 @dataclass
@@ -66,8 +70,10 @@ class LoadResult:
     connect_s: float
     sent: int = 0
     received: int = 0
+    in_window: int = 0
     latencies_ns: list[int] = field(default_factory=list, repr=False)
     cpu_s: float = 0.0
+    procs: int = 1
 
     def summary(self) -> dict[str, Any]:
         """The printable, JSON-ready figures."""
@@ -79,139 +85,102 @@ class LoadResult:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))] / 1e6, 3)
 
         return {"kind": self.kind, "pairs": self.pairs, "mode": self.mode, "rate": self.rate,
-                "duration_s": round(self.duration_s, 3), "connect_s": round(self.connect_s, 3),
+                "procs": self.procs, "duration_s": round(self.duration_s, 3),
+                "connect_s": round(self.connect_s, 3),
                 "sent": self.sent, "received": self.received,
                 "lost": self.sent - self.received,
-                "msgs_per_s": round(len(lat) / self.duration_s, 1) if self.duration_s else 0.0,
+                "msgs_per_s": round(self.in_window / self.duration_s, 1)
+                if self.duration_s else 0.0,
                 "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
-                # Near 1.0 means the load generator, not the server, was the bottleneck.
-                "loadgen_cpu_share": round(self.cpu_s / self.duration_s, 2)
+                # CPU seconds of all generator processes per wall second, in cores: near
+                # procs means the generator, not the server, was the bottleneck.
+                "loadgen_cpu_cores": round(self.cpu_s / self.duration_s, 2)
                 if self.duration_s else None}
 
 
-class _BareSide:
-    def __init__(self, session: aiohttp.ClientSession, url: str, pair: str, role: str,
-                 on_message: Callable[[bytes], None]) -> None:
-        self._url = f"{url.rstrip('/')}/ws?pair={pair}&role={role}"
-        self._session, self._on_message = session, on_message
-        self.ready = asyncio.Event()
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def connect(self) -> None:
-        self._ws = await self._session.ws_connect(self._url, max_msg_size=1 << 20,
-                                                  autoping=True)
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for msg in self._ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                self._on_message(msg.data)
-            elif msg.type == aiohttp.WSMsgType.TEXT and msg.data == "ready":
-                self.ready.set()
-
-    async def send(self, data: bytes) -> None:
-        assert self._ws is not None
-        await self._ws.send_bytes(data)
-
-    async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            await self._reader
-
-
-class _SocketIOSide:
-    def __init__(self, url: str, pair: str, role: str,
-                 on_message: Callable[[bytes], None]) -> None:
-        import socketio
-
-        self._url, self._auth = url, {"pair": pair, "role": role}
-        self.ready = asyncio.Event()
-        self._client = socketio.AsyncClient(reconnection=False)
-        self._client.on("ready", self._on_ready)
-        # Text, not bytes: python-socketio sends bytes as a separate binary attachment
-        # packet, and concurrent emits to one client interleave placeholder and attachment
-        # (seen at 1,000 pairs: the client fails to decode). One text packet per message
-        # is what a team would settle on, so the baseline is not penalised by that bug.
-        self._client.on("m", lambda text: on_message(base64.b64decode(text)))
-
-    async def _on_ready(self, *args: Any) -> None:
-        self.ready.set()
-
-    async def connect(self) -> None:
-        await self._client.connect(self._url, auth=self._auth, transports=["websocket"],
-                                   wait_timeout=10)
-
-    async def send(self, data: bytes) -> None:
-        await self._client.emit("m", base64.b64encode(data).decode("ascii"))
-
-    async def close(self) -> None:
-        await self._client.disconnect()
-
-
 @dataclass
-class _Direction:
-    """One sending side and what it has in flight."""
+class Direction:
+    """One sending side of one engagement and what it has in flight."""
 
     sender: Any
     window: asyncio.Semaphore
+    payload: Callable[[int], bytes | None]  # the message with this sequence, None: no more
     sent: int = 0
+
+
+def _stamped(direction_id: int) -> Callable[[int], bytes]:
+    return lambda seq: _PAD + _TAIL.pack(direction_id, seq)
+
+
+def _from_stock(stock: list[bytes]) -> Callable[[int], bytes | None]:
+    return lambda seq: stock[seq - 1] if seq <= len(stock) else None
 
 
 async def run_load(*, url: str, kind: str, pairs: int, duration: float,
                    count: int | None = None, rate: float | None = None, window: int = 4,
-                   drain: float = 2.0, connect_concurrency: int = 64) -> LoadResult:
-    """Connect the pairs, run one measurement, disconnect; return the result."""
+                   drain: float = 2.0, connect_concurrency: int = 64, part: int = 0,
+                   parts: int = 1, relay_setup: dict[str, Any] | None = None,
+                   per_agent: int = 1, start_gate: Callable[[], Any] | None = None,
+                   ) -> LoadResult:
+    """Connect this part's pairs, run one measurement, disconnect; return the result."""
     latencies: list[int] = []
-    measuring = {"on": False, "received": 0}
+    inflight: dict[bytes, tuple[int, Direction]] = {}
+    state = {"measuring": False, "received": 0, "window_open": False, "in_window": 0}
 
-    def make_receiver(direction: list[_Direction]) -> Callable[[bytes], None]:
-        def on_message(data: bytes) -> None:
-            _, sent_ns = _STAMP.unpack_from(data)
-            now = time.monotonic_ns()
-            measuring["received"] += 1
-            if measuring["on"]:
-                latencies.append(now - sent_ns)
-            if rate is None:
-                direction[0].window.release()
-        return on_message
+    def on_message(data: bytes) -> None:
+        entry = inflight.pop(bytes(data[-16:]), None)
+        if entry is None:
+            return
+        state["received"] += 1
+        if state["window_open"]:
+            state["in_window"] += 1
+        if state["measuring"]:
+            latencies.append(time.monotonic_ns() - entry[0])
+        if rate is None:
+            entry[1].window.release()
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sides: list[Any] = []
-    directions: list[_Direction] = []
+    directions: list[Direction] = []
     gate = asyncio.Semaphore(connect_concurrency)
 
     async def connect_pair(i: int) -> None:
         pair = f"p{i:06d}"
-        holders: dict[str, list[_Direction]] = {"visitor": [], "agent": []}
         made: dict[str, Any] = {}
-        for role, other in (("agent", "visitor"), ("visitor", "agent")):
-            # A side's receiver releases the window of the *other* side's direction.
-            receiver = make_receiver(holders[other])
-            side: Any = (_BareSide(session, url, pair, role, receiver) if kind == "bare"
-                         else _SocketIOSide(url, pair, role, receiver))
+        for role in ("agent", "visitor"):
+            side: Any = (BareSide(session, url, pair, role, on_message) if kind == "bare"
+                         else SocketIOSide(url, pair, role, on_message))
             async with gate:
                 await side.connect()
             sides.append(side)
             made[role] = side
         for role in ("visitor", "agent"):
-            d = _Direction(made[role], asyncio.Semaphore(window))
-            holders[role].append(d)
-            directions.append(d)
+            directions.append(Direction(made[role], asyncio.Semaphore(window),
+                                        _stamped(i * 2 + (role == "agent"))))
         await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in made.values())), 30)
 
     started = time.monotonic()
+    relay_pairs = None
     try:
-        await asyncio.gather(*(connect_pair(i) for i in range(pairs)))
+        if kind == "relay":
+            assert relay_setup is not None, "--relay-setup is required for the relay kind"
+            relay_pairs = RelayPairs(session, url, relay_setup, on_message,
+                                     per_agent=per_agent, window=window)
+            await relay_pairs.connect(pairs=pairs, part=part, parts=parts,
+                                      concurrency=connect_concurrency)
+            directions = [Direction(sock, asyncio.Semaphore(window), _from_stock(stock))
+                          for sock, stock in relay_pairs.preseal(count or 64)]
+        else:
+            await asyncio.gather(*(connect_pair(i) for i in range(part, pairs, parts)))
         connect_s = time.monotonic() - started
+        if start_gate is not None:
+            await start_gate()
         result = LoadResult(kind=kind, pairs=pairs, mode="fixed-rate" if rate else "closed-loop",
                             rate=rate, duration_s=duration, connect_s=connect_s)
         stop_at = time.monotonic() + duration
         interval = len(directions) / rate if rate else 0.0
 
-        async def send_loop(d: _Direction) -> None:
+        async def send_loop(d: Direction) -> None:
             seq = 0
             next_at = time.monotonic() + random.uniform(0, interval)
             while time.monotonic() < stop_at and (count is None or seq < count):
@@ -230,59 +199,159 @@ async def run_load(*, url: str, kind: str, pairs: int, duration: float,
                     except TimeoutError:
                         break
                     stamp = time.monotonic_ns()
+                data = d.payload(seq + 1)
+                if data is None:
+                    break
                 seq += 1
-                await d.sender.send(_STAMP.pack(seq, stamp) + _PAD)
+                inflight[data[-16:]] = (stamp, d)
+                await d.sender.send(data)
                 d.sent += 1
 
-        measuring["on"] = True
+        state["measuring"] = state["window_open"] = True
+        if parts == 1:
+            print(MEASURING, file=sys.stderr, flush=True)
         t0, cpu0 = time.monotonic(), time.process_time()
         await asyncio.gather(*(send_loop(d) for d in directions))
         result.duration_s = time.monotonic() - t0
         result.cpu_s = time.process_time() - cpu0
+        state["window_open"] = False
+        result.in_window = state["in_window"]
         result.sent = sum(d.sent for d in directions)
         drain_until = time.monotonic() + drain
-        while measuring["received"] < result.sent and time.monotonic() < drain_until:
+        while state["received"] < result.sent and time.monotonic() < drain_until:
             await asyncio.sleep(0.01)
-        measuring["on"] = False
-        result.received = measuring["received"]
+        state["measuring"] = False
+        if parts == 1:
+            print(MEASURED, file=sys.stderr, flush=True)
+        result.received = state["received"]
         result.latencies_ns = latencies
+        if relay_pairs is not None and relay_pairs.token_retries:
+            print(f"loadgen: {relay_pairs.token_retries} agent token retries (auth.bad_token)",
+                  file=sys.stderr, flush=True)
         return result
     finally:
+        if relay_pairs is not None:
+            await relay_pairs.close()
         await asyncio.gather(*(s.close() for s in sides), return_exceptions=True)
         await session.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one load measurement and print it (human table, or one JSON line)."""
+def _merge(results: list[dict[str, Any]], kind: str, pairs: int, rate: float | None
+           ) -> LoadResult:
+    """One result from the parts' results (latencies concatenated, counts summed)."""
+    merged = LoadResult(kind=kind, pairs=pairs, mode="fixed-rate" if rate else "closed-loop",
+                        rate=rate, duration_s=max(r["duration_s"] for r in results),
+                        connect_s=max(r["connect_s"] for r in results), procs=len(results))
+    for r in results:
+        merged.sent += r["sent"]
+        merged.received += r["received"]
+        merged.in_window += r["in_window"]
+        merged.cpu_s += r["cpu_s"]
+        merged.latencies_ns += r["latencies_ns"]
+    return merged
+
+
+def _run_parts(args: argparse.Namespace, argv: list[str]) -> LoadResult:
+    """Start ``--procs`` children, release them together once all are connected, merge."""
+    children = []
+    rate_each = args.rate / args.procs if args.rate else None
+    for part in range(args.procs):
+        child_argv = [sys.executable, __file__, *argv, "--child", "--part", str(part)]
+        if rate_each:
+            child_argv += ["--rate", str(rate_each)]
+        children.append(subprocess.Popen(child_argv, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + args.duration + 300
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"load generator part failed before start: {line!r}")
+        for child in children:  # every part connected: start measuring together
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        print(MEASURING, file=sys.stderr, flush=True)
+        results = []
+        for child in children:
+            out, _ = child.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        print(MEASURED, file=sys.stderr, flush=True)
+        return _merge(results, args.kind, args.pairs, args.rate)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="websocket forwarding load generator")
     parser.add_argument("--url", required=True, help="forwarder base URL on 127.0.0.1")
-    parser.add_argument("--kind", choices=["bare", "socketio"], default="bare")
+    parser.add_argument("--kind", choices=["bare", "socketio", "relay"], default="bare")
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--count", type=int, help="stop after this many per direction")
+    parser.add_argument("--count", type=int, help="stop after this many per direction "
+                        "(relay: the pre-sealed stock per direction)")
     parser.add_argument("--rate", type=float, help="fixed total messages/second")
     parser.add_argument("--window", type=int, default=4, help="closed-loop in-flight per side")
+    parser.add_argument("--procs", type=int, default=1, help="generator processes")
+    parser.add_argument("--relay-setup", help="JSON file from bench/relay_load.py setup")
+    parser.add_argument("--per-agent", type=int, default=1,
+                        help="relay: engagements per agent socket")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--part", type=int, default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one load measurement and print it (human table, or one JSON line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
     args = parser.parse_args(argv)
     if "127.0.0.1" not in args.url and "localhost" not in args.url:
         parser.error("load is only generated against 127.0.0.1")
-    if args.uvloop:
-        try:
-            import uvloop
-            uvloop.install()
-        except ImportError:
-            print("uvloop not installed; using asyncio", file=sys.stderr)
-    hard_timeout = args.duration + 120
-    result = asyncio.run(asyncio.wait_for(run_load(
-        url=args.url, kind=args.kind, pairs=args.pairs, duration=args.duration,
-        count=args.count, rate=args.rate, window=args.window), hard_timeout))
+    if args.procs > 1 and not args.child:
+        passed = [a for a in argv if a not in ("--json",)]
+        i = passed.index("--procs")
+        del passed[i:i + 2]
+        if "--rate" in passed:
+            i = passed.index("--rate")
+            del passed[i:i + 2]
+        result = _run_parts(args, [*passed, "--procs", str(args.procs)])
+    else:
+        if args.uvloop:
+            try:
+                import uvloop
+                uvloop.install()
+            except ImportError:
+                print("uvloop not installed; using asyncio", file=sys.stderr)
+        setup = json.loads(pathlib.Path(args.relay_setup).read_text()) if args.relay_setup else None
+
+        async def wait_for_go() -> None:
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+        result = asyncio.run(asyncio.wait_for(run_load(
+            url=args.url, kind=args.kind, pairs=args.pairs, duration=args.duration,
+            count=args.count, rate=args.rate, window=args.window, part=args.part,
+            parts=args.procs, relay_setup=setup, per_agent=args.per_agent,
+            start_gate=wait_for_go if args.child else None), args.duration + 300))
+        if args.child:
+            print(json.dumps({"duration_s": result.duration_s, "connect_s": result.connect_s,
+                              "sent": result.sent, "received": result.received,
+                              "in_window": result.in_window, "cpu_s": result.cpu_s,
+                              "latencies_ns": result.latencies_ns}), flush=True)
+            return 0
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))
     else:
         for key, value in summary.items():
-            print(f"{key:>12}: {value}")
+            print(f"{key:>18}: {value}")
     return 0
 
 

@@ -104,8 +104,8 @@ async def _serve(cfg: RelayConfig) -> None:
                     notifier.notify("WATCHDOG=1")
                     await asyncio.sleep(usec / 2 / 1_000_000)
             watchdog = loop.create_task(beat())
-    print(json.dumps({"event": "relay.listening", "host": cfg.host, "port": cfg.port}),
-          flush=True)
+    print(json.dumps({"event": "relay.listening", "host": cfg.host, "port": cfg.port,
+                      "loop": type(loop).__module__.split(".")[0]}), flush=True)
     await stop.wait()
     if watchdog is not None:
         watchdog.cancel()
@@ -170,6 +170,21 @@ async def _follow_offload(http: aiohttp.ClientSession, url: str, limit: float) -
         await asyncio.sleep(0.5)
 
 
+def _use_event_loop(choice: str) -> None:
+    """Install uvloop's event loop policy when installed and not refused by config."""
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError("config field event_loop must be auto, asyncio or uvloop")
+    if choice == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("event_loop is uvloop but uvloop is not installed") from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `relay` console script."""
     args = _parser().parse_args(argv)
@@ -181,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return _init(cfg)
         if args.command == "serve":
+            _use_event_loop(cfg.event_loop)
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_serve(cfg))
             return 0

@@ -56,6 +56,7 @@ class RelayConfig:
     sweep_interval_seconds: float = 3600.0
     controller_name: str = "the account holder"
     extra_origins: tuple[str, ...] = field(default_factory=tuple)
+    event_loop: str = "auto"
 
 
 FIELD_HELP: dict[str, str] = {
@@ -88,6 +89,7 @@ FIELD_HELP: dict[str, str] = {
     "sweep_interval_seconds": "how often the retention sweeper runs",
     "controller_name": "default controller name in records of processing",
     "extra_origins": "origins allowed for every account (development)",
+    "event_loop": "auto (uvloop when installed: the `fast` extra) or asyncio",
 }
 
 _TUPLE_FIELDS = {"trusted_proxies", "extra_origins"}

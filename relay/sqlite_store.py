@@ -12,17 +12,16 @@ pages of the file.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import pathlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import aiosqlite
 
-from .sqlite_link_store import LinkStoreMixin, insert_outbox
+from .group_commit import GroupCommitter, OutboxAppend, Write
+from .sqlite_link_store import LinkStoreMixin
 from .store import (
     Account,
     AgentCertificateRow,
@@ -37,7 +36,6 @@ from .store import (
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
-_Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
 _ENG_FIELDS = ("engagement", "account", "mode", "started_at", "ended_at", "queue_wait_s",
                "first_response_s", "visitor_messages", "agent_messages", "visitor_bytes",
                "agent_bytes", "agent", "transfers", "outcome", "receipts")
@@ -66,9 +64,7 @@ class SqliteStore(LinkStoreMixin):
         self.max_batch = max_batch
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[_Write, asyncio.Future[Any]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self.batches_committed = 0
+        self._committer: GroupCommitter | None = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -86,7 +82,8 @@ class SqliteStore(LinkStoreMixin):
         self.path.chmod(0o600)
         await self._migrate(self._writer)
         self._reader = await self._connect()
-        self._task = asyncio.get_running_loop().create_task(self._write_loop())
+        self._committer = GroupCommitter(self._writer, self.max_batch)
+        self._committer.start()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         async with conn.execute("PRAGMA user_version") as cur:
@@ -102,56 +99,21 @@ class SqliteStore(LinkStoreMixin):
 
     async def close(self) -> None:
         """Commit everything queued, then close (graceful shutdown flushes the outbox)."""
-        if self._task is not None:
-            await self._queue.join()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._committer is not None:
+            await self._committer.stop()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
 
-    async def _write_loop(self) -> None:
-        assert self._writer is not None
-        conn = self._writer
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                for i, (op, fut) in enumerate(batch):
-                    # One SAVEPOINT per write: a failing write is rolled back alone.
-                    await conn.execute(f"SAVEPOINT w{i}")
-                    try:
-                        results.append((fut, await op(conn), None))
-                        await conn.execute(f"RELEASE w{i}")
-                    except Exception as exc:
-                        await conn.execute(f"ROLLBACK TO w{i}")
-                        await conn.execute(f"RELEASE w{i}")
-                        results.append((fut, None, exc))
-                await conn.execute("COMMIT")
-                self.batches_committed += 1
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
-                results = [(fut, None, exc) for _, fut in batch]
-            for fut, value, error in results:
-                if not fut.done():
-                    if error is not None:
-                        fut.set_exception(error)
-                    else:
-                        fut.set_result(value)
-            for _ in batch:
-                self._queue.task_done()
+    @property
+    def batches_committed(self) -> int:
+        """Transactions committed by the group-commit writer."""
+        return self._committer.batches_committed if self._committer else 0
 
-    async def _write(self, op: _Write) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, fut))
-        return await fut
+    async def _write(self, op: Write) -> Any:
+        assert self._committer is not None, "store not open"
+        return await self._committer.submit(op)
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         assert self._reader is not None, "store not open"
@@ -294,7 +256,7 @@ class SqliteStore(LinkStoreMixin):
 
     async def append_outbox(self, entries: Sequence[OutboxEntry]) -> list[int]:
         """Append envelopes; return their outbox sequences once committed."""
-        result: list[int] = await self._write(lambda c: insert_outbox(c, entries))
+        result: list[int] = await self._write(OutboxAppend(entries))
         return result
 
     async def read_outbox(self, account: str, after_seq: int, limit: int) -> list[OutboxEntry]:

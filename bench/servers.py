@@ -1,0 +1,146 @@
+"""Servers under test as real subprocesses on 127.0.0.1, and what /proc says about them.
+
+Each ``start_*`` is a context manager yielding a :class:`Server` (base URL and pid);
+on exit the process gets SIGTERM, then SIGKILL after a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import resource
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["Server", "cpu_seconds", "free_port", "raise_nofile", "rss_kib", "start_bare",
+           "start_relay", "start_socketio"]
+
+BENCH = pathlib.Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+@dataclass
+class Server:
+    """A running server process."""
+
+    url: str
+    proc: subprocess.Popen[str]
+    state_dir: pathlib.Path | None = None
+    operator_token: str = ""
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.proc.pid
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile(want: int = 20_000) -> int:
+    """Raise this process's (and its children's) open-file limit towards ``want``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = min(want, hard) if hard != resource.RLIM_INFINITY else want
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return max(new, soft)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid``."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _await_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 30.0) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(prefix):
+            return line
+    _stop(proc)
+    raise RuntimeError(f"server did not start (wanted {prefix!r})")
+
+
+@contextlib.contextmanager
+def _baseline(script: str, uvloop: bool) -> Iterator[Server]:
+    argv = [sys.executable, str(BENCH / "baselines" / script)]
+    if uvloop:
+        argv.append("--uvloop")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = _await_line(proc, "listening http://127.0.0.1:")
+        yield Server(line.split()[1], proc)
+    finally:
+        _stop(proc)
+
+
+def start_bare(uvloop: bool = False) -> contextlib.AbstractContextManager[Server]:
+    """The bare aiohttp forwarder (baseline a)."""
+    return _baseline("bare_forwarder.py", uvloop)
+
+
+def start_socketio() -> contextlib.AbstractContextManager[Server]:
+    """The python-socketio forwarder (baseline b)."""
+    return _baseline("socketio_forwarder.py", False)
+
+
+@contextlib.contextmanager
+def start_relay(state_dir: pathlib.Path, **settings: object) -> Iterator[Server]:
+    """``relay serve`` on a fresh state directory with bench limits (RELAY_* settings)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    token_file = state_dir.parent / f"{state_dir.name}.operator_token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    port = free_port()
+    env = dict(os.environ)
+    limits: dict[str, object] = {
+        # One load generator address opens every connection: the per-address limit
+        # would (rightly) refuse it, so the bench lifts it, and the per-account cap.
+        "connections_per_ip_per_minute": 10_000_000, "max_engagements_per_account": 100_000,
+        "log_level": "WARNING", "public_origin": f"http://127.0.0.1:{port}",
+        "idle_timeout_seconds": 3600, "operator_token_file": str(token_file)}
+    limits.update(settings)
+    env.update({f"RELAY_{k.upper()}": str(v) for k, v in limits.items()})
+    proc = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--state-dir", str(state_dir)],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        line = _await_line(proc, '{"event": "relay.listening"')
+        assert json.loads(line)["port"] == port
+        yield Server(f"http://127.0.0.1:{port}", proc, state_dir, token)
+    finally:
+        _stop(proc)
