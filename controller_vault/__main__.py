@@ -12,6 +12,8 @@ verify, relay refused), 2 bad usage or configuration.
     controller-vault certify-agent --agent NAME --enc-pk B64 --sig-pk B64 [--days N]
                                    [--relay URL --token TOKEN] (--config | --state-dir)
 
+Staff commands (token, transcripts, export, erase, retention): see staff_cli.py.
+
 The admin token may come from $RELAY_ADMIN_TOKEN instead of --token (keeps it out of
 the process list).
 """
@@ -32,6 +34,8 @@ from envelope import EnvelopeError, b64d
 
 from .config import VaultConfig, load_config
 from .errors import VaultError
+from .staff.errors import StaffError
+from .staff_cli import STAFF_COMMANDS, add_staff_commands
 
 if TYPE_CHECKING:
     from .audit import AuditProblem
@@ -89,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--days", type=int, default=365)
     cert.add_argument("--relay")
     cert.add_argument("--token", help="relay admin token (or $RELAY_ADMIN_TOKEN)")
+    add_staff_commands(sub, where)
     return p
 
 
@@ -194,16 +199,32 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _pair(args: argparse.Namespace) -> int:
-    from .pairing import publish_vault_key
+    from .pairing import fetch_relay_signing_key, publish_vault_key
+    from .store import AuditRecord
 
     cfg = _config(args, account=args.account)
     keys = _keys(cfg)
     if keys.account != args.account:
         raise VaultError("this vault was initialised for another account", code="cli.usage")
-    asyncio.run(publish_vault_key(args.relay, _token(args), keys,
-                                  ca_file=cfg.relay_ca_file or None))
+    token, ca_file = _token(args), cfg.relay_ca_file or None
+    asyncio.run(publish_vault_key(args.relay, token, keys, ca_file=ca_file))
+    relay_key = asyncio.run(fetch_relay_signing_key(args.relay, token, keys.account,
+                                                    ca_file=ca_file))
     print(f"paired account {keys.account} at {args.relay}; "
           f"identity fingerprint {keys.identity.fingerprint}")
+    if relay_key is None:
+        print("the relay publishes no relay_signing_key: relay-role envelopes are trusted "
+              "on first use, and a key change raises an alert", file=sys.stderr)
+        return 0
+    from envelope import key_id
+
+    async def op(store: VaultStore) -> None:
+        await store.set_relay_pin(relay_key, "pair", int(time.time()), AuditRecord(
+            "admin", "pin-relay-key", "key-management", key_id(relay_key), {}))
+
+    asyncio.run(_with_store(cfg, op))
+    print(f"relay signing key {key_id(relay_key)} pinned: relay-role envelopes signed by "
+          "any other key are refused")
     return 0
 
 
@@ -290,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                 "audit": _audit_verify, "certify-agent": _certify,
                 "backup": _backup, "restore": _restore}
     try:
+        if args.command in STAFF_COMMANDS:
+            cfg = _config(args)
+            return STAFF_COMMANDS[args.command](args, cfg, _keys(cfg))
         return commands[args.command](args)
-    except VaultError as exc:
+    except (VaultError, StaffError) as exc:
         print(f"controller-vault: {exc.code}: {exc.message}", file=sys.stderr)
         return 2 if exc.code in ("vault.config", "cli.usage") else 1
     except (OSError, ValueError, KeyError) as exc:

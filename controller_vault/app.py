@@ -2,8 +2,9 @@
 
 It opens the key files and both stores, starts the outbound vault link (when a relay
 URL is configured) and a checkpoint task, and serves ``/healthz``, ``/readyz``,
-``/metrics`` and ``/v1/openapi.json`` on the controller's own network. The staff API
-(transcripts, export, erasure) mounts on the same app later.
+``/metrics`` and ``/v1/openapi.json`` on the controller's own network, plus the staff
+API (``staff_api``: transcripts, subject export, erasure, retention, audit), the
+retention sweeper, the erasure-notice pump, transcript email and anomaly alerts.
 
 >>> from controller_vault.config import VaultConfig
 >>> app = create_app(VaultConfig(account="clinic", state_dir="/nonexistent"))
@@ -23,41 +24,58 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .appkeys import (
+    ALERTS,
+    CONFIG,
+    INGESTOR,
+    KEYS,
+    KEYSTORE,
+    LINK,
+    MAILER,
+    METRICS,
+    NOTICES,
+    SETTINGS,
+    STORE,
+)
+from .appkeys import CLOCK as _CLOCK
 from .checkpoints import write_checkpoint
-from .config import VaultConfig
+from .config import StaffSettings, VaultConfig, load_staff_settings
 from .errors import VaultError
 from .ingest import Ingestor
 from .keyfiles import VaultKeys, load_vault_keys, read_passphrase
 from .keystore import KeyStore
 from .link_client import VaultLink
 from .metrics import VaultMetrics
+from .staff.access import STAFF_AUDIT, STAFF_CLOCK, STAFF_TOKENS, AccessRecord
+from .staff.alerts import AlertDispatcher
+from .staff.errors import StaffError
+from .staff.token_store import SqliteTokenStore
+from .staff.tokens import StaffTokens
+from .staff_api import add_staff_routes
+from .staff_services import AlertRaiser, NoticePump, TranscriptMailer, sweep_retention
 from .store import AuditRecord, VaultStore
 
 __all__ = [
+    "ALERTS",
     "CONFIG",
     "INGESTOR",
     "KEYS",
     "KEYSTORE",
     "LINK",
+    "MAILER",
     "METRICS",
+    "NOTICES",
+    "SETTINGS",
     "STORE",
     "create_app",
     "openapi_document",
 ]
 
 log = logging.getLogger("controller_vault")
-
-CONFIG = web.AppKey("config", VaultConfig)
-KEYS = web.AppKey("keys", VaultKeys)
-STORE = web.AppKey("store", VaultStore)
-KEYSTORE = web.AppKey("keystore", KeyStore)
-INGESTOR = web.AppKey("ingestor", Ingestor)
-METRICS = web.AppKey("metrics", VaultMetrics)
-LINK = web.AppKey("link", VaultLink)
-_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 
 
 def openapi_document() -> dict[str, Any]:
@@ -73,7 +91,7 @@ async def _errors(request: web.Request,
                   ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except VaultError as exc:
+    except (VaultError, StaffError) as exc:
         return web.json_response({"error": {"code": exc.code, "message": exc.message}},
                                  status=exc.status)
 
@@ -126,6 +144,24 @@ async def _checkpoint_loop(app: web.Application, last_seq: int) -> None:
             last_seq, last_at = written or last_seq, now
 
 
+async def _retention_loop(app: web.Application) -> None:
+    cfg, settings = app[CONFIG], app[SETTINGS]
+    while True:
+        try:
+            result = await sweep_retention(app[STORE], app[KEYSTORE], app[KEYS],
+                                           settings.retention, now=int(app[_CLOCK]()))
+            if result.erased.engagements:
+                app[NOTICES].wake()
+                app[ALERTS].record("erasure")
+            if not result.erased.complete:
+                app[ALERTS].raise_kind("erasure_incomplete_checkpoint",
+                                       "vault.erasure_incomplete_checkpoint",
+                                       result.erased.engagements)
+        except VaultError as exc:  # a locked store: try again next round
+            log.error("retention sweep failed: %s", exc.code)
+        await asyncio.sleep(cfg.retention_sweep_s)
+
+
 async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     if KEYS not in app:
@@ -139,19 +175,55 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
     keystore = await KeyStore.open(cfg.state_path / "keys.db", keys.master_key,
                                    busy_timeout_ms=cfg.busy_timeout_ms)
 
+    if SETTINGS not in app:
+        app[SETTINGS] = load_staff_settings(cfg.config_file or None)
+    settings = app[SETTINGS]
+    tokens = await SqliteTokenStore.open(cfg.state_path)
+    session = aiohttp.ClientSession()
+    clock = app[_CLOCK]
+    alerts = AlertRaiser(AlertDispatcher(settings.alerts, registry=metrics.registry,
+                                         session=session, smtp=settings.smtp),
+                         keys.account, clock=clock)
+    mailer = TranscriptMailer(store, keystore, settings.smtp, clock=clock)
+    notices = NoticePump(store, clock=clock)
+
     def anomaly(kind: str, code: str) -> None:
         metrics.count_anomaly(kind, code)
         log.warning("anomaly %s (%s)", kind, code)  # kinds and codes only: no personal data
+        alerts.raise_kind(kind, code)
 
-    app[STORE], app[KEYSTORE] = store, keystore
-    app[INGESTOR] = Ingestor(keys, store, keystore, on_anomaly=anomaly)
+    def redacted(counts: dict[str, int]) -> None:
+        for rule, n in counts.items():
+            metrics.redactions.labels(rule=rule).inc(n)
+
+    app[STORE], app[KEYSTORE], app[ALERTS], app[MAILER], app[NOTICES] = \
+        store, keystore, alerts, mailer, notices
+    app[STAFF_TOKENS] = StaffTokens(tokens)
+    app[STAFF_CLOCK] = clock
+
+    async def audit_access(record: AccessRecord) -> None:
+        # Route template and ids only: the request's path values and body never.
+        await store.append_audit([AuditRecord(
+            record.actor, "staff-access", record.purpose or "-", record.route,
+            {"token_id": record.token_id, "scope": record.scope,
+             "method": record.method})], int(clock()))
+
+    app[STAFF_AUDIT] = audit_access
+    app[INGESTOR] = Ingestor(keys, store, keystore, on_anomaly=anomaly,
+                             redaction=settings.redaction, on_redacted=redacted,
+                             on_transcript_request=mailer.request)
     now = int(app[_CLOCK]())
     await store.append_audit([AuditRecord("system", "service-start", "operation", "vault",
                                           {"key_id": keys.current_key_id})], now)
     tasks = []
     tasks.append(asyncio.create_task(_checkpoint_loop(app, 0)))
+    if cfg.retention_sweep_s > 0:
+        tasks.append(asyncio.create_task(_retention_loop(app)))
     if cfg.relay_url:
-        app[LINK] = VaultLink(cfg, keys, app[INGESTOR], metrics, clock=app[_CLOCK])
+        app[LINK] = VaultLink(cfg, keys, app[INGESTOR], metrics, clock=app[_CLOCK],
+                              notices=notices,
+                              on_auth_failed=lambda: alerts.raise_kind("link_auth_failed",
+                                                                       "link.auth_failed"))
         tasks.append(asyncio.create_task(app[LINK].run()))
     try:
         yield
@@ -161,6 +233,10 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await mailer.drain()
+        await alerts.drain()
+        await session.close()
+        await tokens.close()
         with contextlib.suppress(VaultError):
             await store.append_audit([AuditRecord("system", "service-stop", "operation",
                                                   "vault", {})], int(app[_CLOCK]()))
@@ -170,10 +246,13 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: VaultConfig, *, keys: VaultKeys | None = None,
-               clock: Callable[[], float] = time.time) -> web.Application:
-    """Build the vault app; keys are loaded from the state directory unless given."""
+               clock: Callable[[], float] = time.time,
+               staff: StaffSettings | None = None) -> web.Application:
+    """Build the vault app; keys and staff settings are loaded from disk unless given."""
     app = web.Application(middlewares=[_errors])
     app[CONFIG] = config
+    if staff is not None:
+        app[SETTINGS] = staff
     app[METRICS] = VaultMetrics()
     app[_CLOCK] = clock
     if keys is not None:
@@ -183,4 +262,5 @@ def create_app(config: VaultConfig, *, keys: VaultKeys | None = None,
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/openapi.json", _openapi)
+    add_staff_routes(app)
     return app

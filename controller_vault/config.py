@@ -19,8 +19,13 @@ from typing import Any
 from envelope.limits import ACCOUNT_PATTERN
 
 from .errors import ConfigError
+from .staff.alerts import AlertConfig
+from .staff.errors import StaffError
+from .staff.mailer import SmtpConfig
+from .staff.redaction import RedactionRules
+from .staff.retention import RetentionRules
 
-__all__ = ["VaultConfig", "config_help", "load_config"]
+__all__ = ["StaffSettings", "VaultConfig", "config_help", "load_config", "load_staff_settings"]
 
 
 def _f(default: Any, help_text: str) -> Any:
@@ -47,6 +52,10 @@ class VaultConfig:
     backoff_initial_s: float = _f(0.5, "first reconnect delay of the vault link (jittered)")
     backoff_max_s: float = _f(60.0, "longest reconnect delay of the vault link")
     watchdog_interval_s: float = _f(10.0, "systemd WATCHDOG=1 interval when $NOTIFY_SOCKET is set")
+    retention_sweep_s: float = _f(3600.0, "how often the retention sweeper erases what is past "
+                                  "its age ([retention] table); 0 = never")
+    config_file: str = _f("", "the TOML file read; its [redaction], [retention], [smtp] and "
+                          "[alerts] tables configure the staff side (set by --config)")
 
     @property
     def state_path(self) -> pathlib.Path:
@@ -94,6 +103,7 @@ def load_config(path: str | os.PathLike[str] | None,
         if unknown:
             raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
         values.update(table)
+        values["config_file"] = str(path)
     env = os.environ if env is None else env
     for name in fields:
         key = f"VAULT_{name.upper()}"
@@ -110,3 +120,42 @@ def load_config(path: str | os.PathLike[str] | None,
     if cfg.relay_url and not cfg.relay_url.startswith(("http://", "https://")):
         raise ConfigError("config field relay_url must be an http(s) URL")
     return cfg
+
+
+@dataclass(frozen=True)
+class StaffSettings:
+    """The staff side's tables of the TOML file, parsed and checked at start-up."""
+
+    redaction: RedactionRules = field(default_factory=RedactionRules)
+    retention: RetentionRules = field(default_factory=RetentionRules)
+    smtp: SmtpConfig | None = None
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+
+
+def load_staff_settings(path: str | os.PathLike[str] | None) -> StaffSettings:
+    """Read ``[redaction]``, ``[retention]``, ``[smtp]`` and ``[alerts]`` (all optional)."""
+    if not path:
+        return StaffSettings()
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        raise ConfigError(f"cannot read config file {path}") from None
+    try:
+        smtp = None
+        if "smtp" in doc:
+            table = dict(doc["smtp"])
+            password = ""
+            if table.get("password_file"):
+                password = pathlib.Path(table["password_file"]).read_text().strip()
+            smtp = SmtpConfig.from_config(table, password=password)
+        alerts = dict(doc.get("alerts", {}))
+        if "email_to" in alerts:
+            alerts["email_to"] = tuple(alerts["email_to"])
+        return StaffSettings(redaction=RedactionRules.from_config(doc.get("redaction", {})),
+                             retention=RetentionRules.from_config(doc.get("retention", {})),
+                             smtp=smtp, alerts=AlertConfig(**alerts))
+    except StaffError as exc:
+        raise ConfigError(f"{exc.code}: {exc.message}") from None
+    except (TypeError, OSError):
+        raise ConfigError("a staff setting ([smtp], [alerts]) is invalid") from None

@@ -7,11 +7,13 @@ Every database is opened with WAL (readers never block the writer), synchronous=
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.resources
 import os
 import pathlib
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator
 
 import aiosqlite
@@ -73,27 +75,51 @@ def _split_sql(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-async def checkpoint_truncate(db: aiosqlite.Connection) -> None:
-    """Copy the WAL into the database and truncate it (erased pages leave the WAL)."""
-    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+async def checkpoint_truncate(db: aiosqlite.Connection, *, attempts: int = 4,
+                              pause_s: float = 0.05) -> bool:
+    """Copy the WAL into the database and truncate it; False if a reader kept it busy."""
+    # Until the checkpoint completes, the database file still holds the pages an
+    # erasure overwrote (a wrapped data key, a row) and the WAL holds frames of them:
+    # a reader holding an old snapshot (a backup, a CLI command) blocks the copy. So the
+    # result (busy, log, checkpointed) is checked, never assumed: "erased" must not be
+    # claimed while the old bytes are still on disk. Each attempt waits up to the
+    # connection's busy_timeout for readers; the retries are bounded.
+    for attempt in range(max(1, attempts)):
+        async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            row = await cur.fetchone()
+        if row is not None and int(row[0]) == 0 and int(row[1]) <= 0:
+            return True
+        if attempt + 1 < attempts:
+            await asyncio.sleep(pause_s * (2 ** attempt))
+    return False
+
+
+#: One lock per writer connection. Tasks of one process (ingest, staff API, mailer,
+#: retention) share the connection: without it a second BEGIN inside the first task's
+#: transaction fails ("within a transaction") and its write, an audit entry say, is lost.
+_WRITE_LOCKS: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
 
 
 @contextlib.asynccontextmanager
 async def store_errors(db: aiosqlite.Connection, what: str) -> AsyncIterator[None]:
     """One write transaction: commit, or roll back and raise StoreUnavailable (no partial write)."""
-    try:
-        await db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") from None
-    try:
-        yield
-        await db.execute("COMMIT")
-    except BaseException as exc:
-        with contextlib.suppress(sqlite3.Error):
-            await db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
+    lock = _WRITE_LOCKS.setdefault(db, asyncio.Lock())
+    async with lock:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") from None
-        raise
+        try:
+            yield
+            await db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") \
+                    from None
+            raise
 
 
 def _reason(exc: sqlite3.Error) -> str:

@@ -11,10 +11,23 @@ the receipt out. Every envelope is checked before anything is written:
     body matches its kind's schema          vault.bad_body               malformed plaintext
     role "relay" only for connection-info   vault.role_not_allowed       relay posing as a
       and offload; others never those                                    visitor or agent
+    relay key = the pinned relay key        vault.relay_key_mismatch     anyone posing as
+      (pinned at `pair`; see below)                                      the relay
+    offload only before any party envelope  vault.offload_not_allowed    relay-made text in
+      of the engagement is stored                                        a live engagement
+    one connection-info per engagement      vault.connection_info_repeated  relay rewriting
+                                                                         the visitor's
     visitor key = engagement's first one    vault.visitor_key_mismatch   relay-injected text
     agent/bot key certified by this vault   vault.agent_not_certified    relay-made agents
     same envelope id, other bytes           vault.envelope_id_conflict   replay with edits
     (engagement, sender, seq) reused        vault.sequence_reused        splice/reorder
+
+The relay's signing key is pinned by ``controller-vault pair`` from the relay's
+``/keys`` answer (``relay_signing_key``); then any other key is refused. A relay that
+does not publish one is trusted on first use: the first relay-role key seen is kept,
+and a later different key is still accepted (a key rotation must not lose frames) but
+raises the ``relay_key_changed`` anomaly and becomes the remembered key. TOFU stops
+nothing on its own; it makes a substitution visible to the controller.
 
 The same envelope twice is stored once and named in the receipt again (idempotent), as
 is a redelivery for an erased engagement (acknowledged, never stored again). Refused
@@ -26,6 +39,8 @@ database) StoreUnavailable propagates and no receipt exists: the relay keeps the
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +60,7 @@ from .atrest import blind_token, seal_row
 from .errors import IngestRejected
 from .keyfiles import VaultKeys
 from .keystore import KeyStore
+from .staff.redaction import RedactionRules, redact_body
 from .store import AuditRecord, NewEnvelope, VaultStore
 
 __all__ = ["ANOMALY_KINDS", "IngestResult", "Ingestor", "open_and_check"]
@@ -60,6 +76,9 @@ ANOMALY_KINDS = {
     "vault.visitor_key_mismatch": "forged_envelope",
     "vault.agent_not_certified": "forged_envelope",
     "vault.role_not_allowed": "forged_envelope",
+    "vault.relay_key_mismatch": "forged_envelope",
+    "vault.offload_not_allowed": "forged_envelope",
+    "vault.connection_info_repeated": "replayed_envelope",
     "vault.not_recipient": "unknown_recipient_key",
     "envelope.wrong_account": "misaddressed_envelope",
     "vault.envelope_id_conflict": "replayed_envelope",
@@ -115,14 +134,25 @@ class Ingestor:
     """Verifies and stores batches for one vault; keeps the certified agent keys cached."""
 
     def __init__(self, keys: VaultKeys, store: VaultStore, keystore: KeyStore, *,
-                 on_anomaly: Callable[[str, str], None] | None = None) -> None:
+                 on_anomaly: Callable[[str, str], None] | None = None,
+                 redaction: RedactionRules | None = None,
+                 on_redacted: Callable[[dict[str, int]], None] | None = None,
+                 on_transcript_request: Callable[[str, str, bytes | None], None] | None = None
+                 ) -> None:
         self._keys = keys
+        self._redaction = redaction
+        self._on_redacted = on_redacted
+        # Called after the commit with (engagement, address, the visitor signing key
+        # that sent the request, or None when another role sent it): the address never
+        # reaches a log, the audit or an error (see staff_services.TranscriptMailer).
+        self._on_transcript_request = on_transcript_request
         self._store = store
         self._keystore = keystore
         self._on_anomaly = on_anomaly
         self.rejected_total: collections.Counter[str] = collections.Counter()
         self.stored_total = 0
         self.duplicates_total = 0
+        self.relay_key_changes = 0
 
     async def ingest(self, frames: Sequence[bytes], now: int) -> IngestResult:
         """Verify ``frames``, commit the good ones in one transaction, sign one receipt."""
@@ -141,6 +171,11 @@ class Ingestor:
             for c in checked)
         certified = await self._store.certified_keys()
         pinned = {e: s.visitor_key for e, s in states.items()}
+        relay_pin = await self._store.relay_pin()
+        relay_key = relay_pin.public_key if relay_pin is not None else None
+        relay_changes = 0
+        with_parties = await self._store.engagements_with_parties(engagements)
+        with_conninfo = await self._store.engagements_with_connection_info(engagements)
         items: list[tuple[str, str, str]] = []
         pending: list[tuple[bytes, OpenedEnvelope, dict[str, Any], str, str]] = []
         seen_ids: dict[str, str] = {}
@@ -162,11 +197,21 @@ class Ingestor:
                 items.append((h.engagement, h.envelope_id, digest))
                 continue
             code = self._sender_refusal(h, pinned, certified, now)
+            if code is None and h.role == "relay":
+                code = self._relay_refusal(h, relay_pin, with_parties, with_conninfo)
             if code is None and (h.engagement, h.sender_key_id, h.sequence) in taken:
                 code = "vault.sequence_reused"
             if code is not None:
                 rejections.append((i, code))
                 continue
+            if h.role == "relay":
+                if h.kind == "connection-info":
+                    with_conninfo.add(h.engagement)
+                if relay_key != h.sender_public_key:
+                    relay_changes += relay_key is not None
+                    relay_key = h.sender_public_key
+            else:
+                with_parties.add(h.engagement)
             if h.role == "visitor" and pinned.get(h.engagement) is None:
                 pinned[h.engagement] = h.sender_public_key
             taken.add((h.engagement, h.sender_key_id, h.sequence))
@@ -174,6 +219,15 @@ class Ingestor:
             pending.append((data, opened, body, kid, digest))
             items.append((h.engagement, h.envelope_id, digest))
         gaps = await self._commit(pending, rejections, duplicates, now)
+        if relay_key is not None and (relay_pin is None or relay_pin.public_key != relay_key):
+            # Only reachable without a pairing pin (a pinned key never changes here).
+            await self._store.set_relay_pin(relay_key, "tofu", now, AuditRecord(
+                "vault-link", "relay-key-tofu", "integrity", "relay",
+                {"changed": relay_pin is not None or relay_changes > 0}))
+            if relay_pin is not None or relay_changes:
+                self.relay_key_changes += 1
+                if self._on_anomaly is not None:
+                    self._on_anomaly("relay_key_changed", "vault.relay_key_changed")
         counts = collections.Counter(code for _, code in rejections)
         self.rejected_total.update(counts)
         self.stored_total += len(pending)
@@ -202,6 +256,23 @@ class Ingestor:
                 return "vault.agent_not_certified"
         return None
 
+    @staticmethod
+    def _relay_refusal(h: Any, pin: Any, with_parties: set[str],
+                       with_conninfo: set[str]) -> str | None:
+        # Pinned at pairing: a key the controller never saw cannot speak as the relay.
+        if pin is not None and pin.source == "pair" and pin.public_key != h.sender_public_key:
+            return "vault.relay_key_mismatch"
+        # An offload carries the transcript the relay stored before compliance mode; once
+        # a visitor or agent has spoken under end-to-end keys, relay-made "history" for
+        # that engagement would be fabricated content inserted into a live conversation.
+        if h.kind == "offload" and h.engagement in with_parties:
+            return "vault.offload_not_allowed"
+        # The relay sees the visitor's connection once; a second one would overwrite
+        # the record of where the visitor came from.
+        if h.kind == "connection-info" and h.engagement in with_conninfo:
+            return "vault.connection_info_repeated"
+        return None
+
     async def _commit(self, pending: list[tuple[bytes, OpenedEnvelope, dict[str, Any], str,
                                                 str]],
                       rejections: list[tuple[int, str]], duplicates: int,
@@ -219,20 +290,43 @@ class Ingestor:
         data_keys = await self._keystore.ensure_keys(
             sorted({p[1].header.engagement for p in pending}), now)
         rows = []
+        redacted: collections.Counter[str] = collections.Counter()
         for _data, opened, body, kid, digest in pending:
             h = opened.header
             tokens = tuple(blind_token(self._keys.index_key, f, body[f])
                            for f in SUBJECT_FIELDS.get(h.kind, ()) if body.get(f))
+            plaintext = opened.body
+            if self._redaction is not None:
+                # Masked here, before the first write: the original of a card number
+                # or national id never reaches vault.db, its WAL or a backup.
+                clean, counts = redact_body(h.kind, body, self._redaction)
+                if counts:
+                    redacted.update(counts)
+                    plaintext = json.dumps(clean, separators=(",", ":"),
+                                           ensure_ascii=False).encode("utf-8")
             rows.append(NewEnvelope(
                 envelope_id=h.envelope_id, engagement=h.engagement, envelope_hash=digest,
                 sender_key_id=h.sender_key_id, role=h.role, seq=h.sequence, kind=h.kind,
                 vault_key_id=kid,
                 ciphertext=seal_row(data_keys[h.engagement], h.engagement, h.envelope_id,
-                                    opened.body),
+                                    plaintext),
                 visitor_key=h.sender_public_key if h.role == "visitor" else None,
                 end_final=body["final"] if h.kind == "end" else None,
                 blind_tokens=tokens))
+        if redacted and audit:
+            # Counts per rule only (bounded keys), never the masked text.
+            audit[0] = dataclasses.replace(audit[0], detail={**audit[0].detail,
+                                                             "redacted": dict(redacted)})
         gaps = await self._store.commit_batch(rows, now, audit)
+        if redacted and self._on_redacted is not None:
+            self._on_redacted(dict(redacted))
+        if self._on_transcript_request is not None:
+            for _data, opened, body, _kid, _digest in pending:
+                h = opened.header
+                if h.kind == "transcript-request":
+                    self._on_transcript_request(
+                        h.engagement, body["email"],
+                        h.sender_public_key if h.role == "visitor" else None)
         incomplete = {e: m for e, m in gaps.items() if m}
         if incomplete:
             await self._store.append_audit(

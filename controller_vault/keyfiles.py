@@ -45,6 +45,8 @@ from envelope.limits import ACCOUNT_PATTERN
 from .errors import KeyFileError, VaultExists
 
 __all__ = [
+    "KDF_MEM_FLOOR",
+    "KDF_OPS_FLOOR",
     "KEY_VALIDITY_S",
     "VaultKeys",
     "embed_attribute",
@@ -57,6 +59,12 @@ __all__ = [
 KEY_VALIDITY_S = 2 * 365 * 86400
 _CLOCK_SKEW_S = 300
 _SECRET_NAMES = ("identity", "master", "index")
+#: The weakest argon2id setting the vault accepts. vault.json is not authenticated (it
+#: holds the salt and costs the passphrase needs before any key exists), so without a
+#: floor an attacker who can edit it could set ops/mem to the minimum and make a stolen
+#: copy of secrets/ cheap to brute-force once the vault re-wraps or re-inits with them.
+KDF_OPS_FLOOR = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
+KDF_MEM_FLOOR = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -107,14 +115,21 @@ def read_passphrase(path: str | None, credentials_dir: str | None = None) -> byt
     return None
 
 
-def _kdf(passphrase: bytes, params: Mapping[str, object]) -> bytes:
+def _kdf(passphrase: bytes, params: Mapping[str, object], where: str = "vault.json") -> bytes:
     try:
         salt = b64d(params["salt"], length=nacl.pwhash.argon2id.SALTBYTES)
         ops, mem = params["ops"], params["mem"]
-        if not isinstance(ops, int) or not isinstance(mem, int):
+        if not isinstance(ops, int) or not isinstance(mem, int) or isinstance(ops, bool) \
+                or isinstance(mem, bool):
             raise KeyError("ops")
     except (KeyError, EnvelopeError):
-        raise KeyFileError("vault.json has a corrupt passphrase section; restore it") from None
+        raise KeyFileError(f"{where} has a corrupt passphrase section; restore it") from None
+    if ops < KDF_OPS_FLOOR or mem < KDF_MEM_FLOOR:
+        # Refuse rather than derive: a weakened cost is a downgrade attack on the
+        # passphrase, not a setting to honour (see KDF_OPS_FLOOR).
+        raise KeyFileError(f"{where} asks for passphrase KDF costs below the floor "
+                           f"(ops {ops} < {KDF_OPS_FLOOR} or mem {mem} < {KDF_MEM_FLOOR}); "
+                           "the file was altered: restore it from your backup")
     return bytes(nacl.pwhash.argon2id.kdf(32, passphrase, salt, opslimit=ops, memlimit=mem))
 
 
@@ -197,6 +212,9 @@ def init_vault(state_dir: str | os.PathLike[str], account: str, *, now: int,
     """Create a new vault's keys in ``state_dir``; refuse if any vault file exists there."""
     if not ACCOUNT_PATTERN.fullmatch(account):
         raise KeyFileError("account id out of pattern (lowercase letters, digits, - and _)")
+    if passphrase is not None and (kdf_ops < KDF_OPS_FLOOR or kdf_mem < KDF_MEM_FLOOR):
+        raise KeyFileError(f"init: passphrase KDF costs below the floor (ops {kdf_ops}, "
+                           f"mem {kdf_mem}; at least {KDF_OPS_FLOOR}, {KDF_MEM_FLOOR})")
     state = pathlib.Path(state_dir)
     if state.exists() and any(state.iterdir()):
         raise VaultExists(f"{state} is not empty; init refuses to overwrite an existing vault")
@@ -208,7 +226,7 @@ def init_vault(state_dir: str | os.PathLike[str], account: str, *, now: int,
     if passphrase is not None:
         params: dict[str, object] = {"alg": "argon2id", "ops": kdf_ops, "mem": kdf_mem,
                                      "salt": b64e(nacl.utils.random(16))}
-        wrap_key = _kdf(passphrase, params)
+        wrap_key = _kdf(passphrase, params, "init")
         doc["kdf"] = params
     identity = IdentityKey.generate()
     enc = EncryptionKey.generate()
@@ -241,7 +259,8 @@ def _read_public(state: pathlib.Path) -> dict[str, object]:
     return doc
 
 
-def _wrap_key(doc: Mapping[str, object], passphrase: bytes | None) -> bytes | None:
+def _wrap_key(doc: Mapping[str, object], passphrase: bytes | None,
+              where: str = "vault.json") -> bytes | None:
     params = doc.get("kdf")
     if params is None:
         return None
@@ -249,8 +268,8 @@ def _wrap_key(doc: Mapping[str, object], passphrase: bytes | None) -> bytes | No
         raise KeyFileError("the vault's secret files are passphrase-protected; give the "
                            "passphrase (--passphrase-file or credential 'passphrase')")
     if not isinstance(params, dict):
-        raise KeyFileError("vault.json has a corrupt passphrase section; restore it")
-    return _kdf(passphrase, params)
+        raise KeyFileError(f"{where} has a corrupt passphrase section; restore it")
+    return _kdf(passphrase, params, where)
 
 
 def load_vault_keys(state_dir: str | os.PathLike[str], *, passphrase: bytes | None = None,
@@ -258,7 +277,7 @@ def load_vault_keys(state_dir: str | os.PathLike[str], *, passphrase: bytes | No
     """Load every key of the vault, or raise KeyFileError naming the file and the fix."""
     state = pathlib.Path(state_dir)
     doc = _read_public(state)
-    wrap_key = _wrap_key(doc, passphrase)
+    wrap_key = _wrap_key(doc, passphrase, str(state / "vault.json"))
     seed, master, index = (_read_secret(state, n, wrap_key, credentials_dir)
                            for n in _SECRET_NAMES)
     identity = IdentityKey.from_seed(seed)
@@ -298,7 +317,7 @@ def rotate_encryption_key(state_dir: str | os.PathLike[str], *, now: int,
     """Add a new current encryption key and statement; old keys stay for opening."""
     state = pathlib.Path(state_dir)
     doc = _read_public(state)
-    wrap_key = _wrap_key(doc, passphrase)
+    wrap_key = _wrap_key(doc, passphrase, str(state / "vault.json"))
     keys = load_vault_keys(state, passphrase=passphrase)
     enc = EncryptionKey.generate()
     name = f"enc-{enc.key_id}"

@@ -73,15 +73,18 @@ class KeyStore:
         return found[engagement]
 
     async def destroy(self, engagements: list[str]) -> int:
-        """Delete the keys (secure_delete overwrites them) and truncate the WAL."""
+        """Delete the keys (secure_delete overwrites them); call flush_wal() next."""
         async with store_errors(self._db, "destroy data keys"):
             n = 0
             for eng in engagements:
                 cur = await self._db.execute("DELETE FROM data_keys WHERE engagement = ?",
                                              (eng,))
                 n += cur.rowcount
-        await checkpoint_truncate(self._db)
         return n
+
+    async def flush_wal(self) -> bool:
+        """Checkpoint and truncate keys.db's WAL; False if a reader kept old pages alive."""
+        return await checkpoint_truncate(self._db)
 
     async def count(self) -> int:
         """Number of live data keys."""

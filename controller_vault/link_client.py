@@ -11,7 +11,14 @@ envelope/link.py for the relay's side)::
     <- binary outbox frames (8-byte outbox seq + envelope)  batched up to batch_max or
                                                             batch_wait_ms of quiet
     -> {"type":"ack","receipt":{"body","sig"}}              only AFTER the batch commit
-    <- {"type":"acked","deleted":N}
+    <- {"type":"acked","deleted":N,"backlog":M}             M sets vault_link_backlog
+    -> {"type":"reject","seq":N,"code":CODE}                for each frame ingest refused
+    <- {"type":"rejected","seq":N,"dropped":0|1}            (tampered, forged: never
+                                                            stored, so never receipted;
+                                                            without this it would sit in
+                                                            the relay's window forever)
+    -> {"type":"erasure","notice":{"body","sig"}}          queued erasure notices, sent
+    <- {"type":"erasure-recorded","engagements":N}          by the NoticePump while ready
     <- {"type":"error","code","message"} / close(code, reason=code)
 
     on any close or error: reconnect after a jittered exponential backoff (full
@@ -23,6 +30,7 @@ envelope/link.py for the relay's side)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -41,6 +49,7 @@ from .errors import StoreUnavailable
 from .ingest import Ingestor
 from .keyfiles import VaultKeys
 from .metrics import VaultMetrics
+from .staff_services import NoticePump
 
 __all__ = ["VaultLink", "backoff_delay", "relay_origin"]
 
@@ -70,8 +79,11 @@ class VaultLink:
 
     def __init__(self, config: VaultConfig, keys: VaultKeys, ingestor: Ingestor,
                  metrics: VaultMetrics, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, notices: NoticePump | None = None,
+                 on_auth_failed: Callable[[], None] | None = None) -> None:
         self._config = config
+        self._notices = notices
+        self._on_auth_failed = on_auth_failed
         self._keys = keys
         self._ingestor = ingestor
         self._metrics = metrics
@@ -107,6 +119,9 @@ class VaultLink:
                     self.last_close_code = str(exc) if isinstance(exc, _Closed) else \
                         exc.__class__.__name__
                     log.warning("vault link closed: %s", self.last_close_code)
+                    if self._on_auth_failed is not None and self.last_close_code in (
+                            "link.auth_failed", "closed:4401"):
+                        self._on_auth_failed()
                 self._set_state("backoff")
                 delay = backoff_delay(attempt, self._config.backoff_initial_s,
                                       self._config.backoff_max_s, self._rng)
@@ -132,10 +147,18 @@ class VaultLink:
         self._set_state("ready")
         if isinstance(ready.get("backlog"), int):
             self._metrics.link_backlog.set(ready["backlog"])
-        while True:
-            frames = await self._collect(ws)
-            if frames:
-                await self._ingest_and_ack(ws, frames)
+        pump = (asyncio.create_task(self._notices.run(ws.send_json))
+                if self._notices is not None else None)
+        try:
+            while True:
+                frames = await self._collect(ws)
+                if frames:
+                    await self._ingest_and_ack(ws, frames)
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
 
     async def _json(self, ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any]:
         msg = await ws.receive(timeout=timeout)
@@ -156,8 +179,8 @@ class VaultLink:
             return f"closed:{ws.close_code}"
         return "link.bad_frame"
 
-    async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> list[bytes]:
-        frames: list[bytes] = []
+    async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> list[tuple[int, bytes]]:
+        frames: list[tuple[int, bytes]] = []
         wait: float | None = None  # block for the first frame, then gather a batch
         while len(frames) < self._config.batch_max:
             try:
@@ -167,7 +190,7 @@ class VaultLink:
             wait = self._config.batch_wait_ms / 1000
             if msg.type == aiohttp.WSMsgType.BINARY:
                 try:
-                    frames.append(decode_outbox_frame(msg.data)[1])
+                    frames.append(decode_outbox_frame(msg.data))
                 except EnvelopeError:
                     self._metrics.rejected.labels(reason="link.bad_frame").inc()
             elif msg.type == aiohttp.WSMsgType.TEXT:
@@ -183,13 +206,20 @@ class VaultLink:
             doc = json.loads(text)
         except ValueError:
             return
+        if isinstance(doc, dict) and doc.get("type") == "acked" \
+                and type(doc.get("backlog")) is int:
+            self._metrics.link_backlog.set(doc["backlog"])
+        if isinstance(doc, dict) and doc.get("type") == "erasure-recorded" \
+                and self._notices is not None:
+            self._notices.recorded()
         if isinstance(doc, dict) and doc.get("type") == "error":
             log.warning("relay error frame: %s", str(doc.get("code"))[:64])
 
     async def _ingest_and_ack(self, ws: aiohttp.ClientWebSocketResponse,
-                              frames: list[bytes]) -> None:
+                              frames: list[tuple[int, bytes]]) -> None:
+        started = time.monotonic()
         try:
-            result = await self._ingestor.ingest(frames, int(self._clock()))
+            result = await self._ingestor.ingest([f[1] for f in frames], int(self._clock()))
         except StoreUnavailable as exc:
             # No receipt: close so the relay redelivers these frames after we reconnect.
             log.error("store unavailable, not acknowledging: %s", exc.code)
@@ -200,3 +230,9 @@ class VaultLink:
         if result.receipt is not None and not ws.closed:
             await ws.send_json({"type": "ack", "receipt": result.receipt})
             self._metrics.receipts.inc()
+        for index, code in result.rejected_indexes:
+            # Refused frames get no receipt; naming them lets the relay drop them
+            # instead of holding them in its window for ever.
+            if not ws.closed:
+                await ws.send_json({"type": "reject", "seq": frames[index][0], "code": code})
+        self._metrics.delivery_latency.observe(time.monotonic() - started)

@@ -6,7 +6,7 @@ link states from fixed sets.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["LINK_STATES", "VaultMetrics"]
 
@@ -46,6 +46,12 @@ class VaultMetrics:
         self.link_backlog = Gauge("vault_link_backlog",
                                   "Outbox backlog the relay reported at the last ready",
                                   registry=r)
+        self.delivery_latency = Histogram(
+            "vault_link_delivery_latency_seconds",
+            "Batch received from the relay until its receipt was sent (incl. the commit)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
+        self.redactions = Counter("vault_redactions", "Values masked at ingest, by rule",
+                                  ["rule"], registry=r)  # rule names come from config
         self.set_link_state("disabled")
 
     def set_link_state(self, state: str) -> None:

@@ -9,19 +9,19 @@ from typing import Any
 
 import aiohttp
 
-from envelope import b64e
+from envelope import EnvelopeError, b64d, b64e
 
 from .errors import PairingError
 from .keyfiles import VaultKeys
 
-__all__ = ["publish_agent_certificate", "publish_vault_key"]
+__all__ = ["fetch_relay_signing_key", "publish_agent_certificate", "publish_vault_key"]
 
 
 def _ssl(ca_file: str | None) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
 
-async def _send(method: str, url: str, token: str, payload: dict[str, Any],
+async def _send(method: str, url: str, token: str, payload: dict[str, Any] | None,
                 ca_file: str | None) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=30)
@@ -58,3 +58,21 @@ async def publish_agent_certificate(relay_url: str, token: str, account: str,
     """POST an agent certificate so the relay can hand it to clients."""
     url = f"{relay_url.rstrip('/')}/v1/accounts/{account}/agent-certificates"
     return await _send("POST", url, token, {"certificate": certificate}, ca_file)
+
+
+async def fetch_relay_signing_key(relay_url: str, token: str, account: str, *,
+                                  ca_file: str | None = None) -> bytes | None:
+    """The relay's signing public key from GET .../keys, or None if it publishes none."""
+    # Read over the same authenticated TLS channel the pairing uses, at the moment the
+    # controller deliberately pairs: the vault then refuses relay-role envelopes signed
+    # by any other key (a third party sealing "connection-info" or "offload" to it).
+    url = f"{relay_url.rstrip('/')}/v1/accounts/{account}/keys"
+    body = await _send("GET", url, token, None, ca_file)
+    value = body.get("relay_signing_key")
+    if value is None:
+        return None
+    try:
+        return b64d(value, length=32)
+    except EnvelopeError:
+        raise PairingError("the relay's relay_signing_key is not a 32-byte base64url key",
+                           code="pair.bad_relay_key") from None

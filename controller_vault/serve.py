@@ -16,6 +16,7 @@ import signal
 import sdnotify
 from aiohttp import web
 
+from .access_log import app_runner
 from .app import create_app
 from .config import VaultConfig
 
@@ -33,7 +34,9 @@ async def _watchdog(notifier: sdnotify.SystemdNotifier, interval: float) -> None
 async def serve(config: VaultConfig) -> None:
     """Serve until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    runner = web.AppRunner(create_app(config))
+    # Not aiohttp's default access log: it writes staff IPs, User-Agents and the full
+    # URL with its free-text ?purpose= to journald (see access_log).
+    runner = app_runner(create_app(config))
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -20,12 +20,15 @@ from envelope import canonical_json
 
 from .audit import GENESIS, AuditEntry, entry_hash
 from .database import checkpoint_truncate, open_database, store_errors
+from .store_relay import RelayPin, RelayQueries
+from .store_staff import StaffQueries
 
 __all__ = [
     "AuditRecord",
     "CertifiedKey",
     "EngagementState",
     "NewEnvelope",
+    "RelayPin",
     "StoreStats",
     "StoredEnvelope",
     "VaultStore",
@@ -104,7 +107,7 @@ class StoreStats:
     bytes_on_disk: int
 
 
-class VaultStore:
+class VaultStore(StaffQueries, RelayQueries):
     """Named operations on vault.db; nothing else in the vault writes SQL for it."""
 
     def __init__(self, db: aiosqlite.Connection, path: pathlib.Path, account: str) -> None:
@@ -289,8 +292,9 @@ class VaultStore:
             await self._append_audit([audit], now)
 
     async def erase_engagements(self, engagements: Sequence[str], now: int, rule: str,
-                                audit: AuditRecord) -> int:
-        """Delete every row of the engagements, keep a tombstone, truncate the WAL."""
+                                audit: AuditRecord, notices: Sequence[str] = ()) -> int:
+        """Delete every row of the engagements, keep a tombstone, queue the signed
+        notices for the relay (same transaction: none lost); call flush_wal() next."""
         n = 0
         async with store_errors(self._db, "erase engagements"):
             for eng in engagements:
@@ -308,9 +312,26 @@ class VaultStore:
                     "ON CONFLICT(engagement) DO UPDATE SET visitor_key = NULL, "
                     "end_final = NULL, erased_at = ?, erase_rule = ?",
                     (eng, self.account, now, now, now, rule, now, rule))
+            await self._db.executemany(
+                "INSERT INTO erasure_notices (notice, created_at) VALUES (?, ?)",
+                [(n, now) for n in notices])
             await self._append_audit([audit], now)
-        await checkpoint_truncate(self._db)
         return n
+
+    async def flush_wal(self) -> bool:
+        """Checkpoint and truncate vault.db's WAL; False if a reader kept old pages alive."""
+        return await checkpoint_truncate(self._db)
+
+    async def set_relay_pin(self, public_key: bytes, source: str, now: int,
+                            audit: AuditRecord) -> None:
+        """Record (or replace) the trusted relay signing key, with its audit entry."""
+        async with store_errors(self._db, "record relay key"):
+            await self._db.execute(
+                "INSERT INTO relay_signing_key (id, public_key, source, recorded_at) "
+                "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "public_key = excluded.public_key, source = excluded.source, "
+                "recorded_at = excluded.recorded_at", (public_key, source, now))
+            await self._append_audit([audit], now)
 
     async def add_checkpoint(self, body: str, sig: str, seq: int) -> None:
         """Keep a signed checkpoint of the audit chain head."""

@@ -12,7 +12,13 @@ network) at ``GET /v1/vault/link`` and upgrades to a websocket::
     <- binary  OUTBOX FRAME = 8-byte big-endian outbox sequence + envelope bytes
                at most W unacknowledged frames in flight, in outbox order
     -> {"type":"ack","receipt":{"body","sig"}}          batched receipt (envelope.receipts)
-    <- {"type":"acked","deleted":N}
+    <- {"type":"acked","deleted":N,"backlog":M}           M: entries still queued (optional)
+    -> {"type":"reject","seq":N,"code":CODE}              the vault refuses outbox entry N
+           (tampered, forged, misaddressed: CODE is the vault's stable refusal code,
+           pattern REJECT_CODE_PATTERN). The relay drops that entry's ciphertext, never
+           retries it, and counts it on the engagement record and in a metric; without
+           this a refused frame would sit in the window forever (a stalled link).
+    <- {"type":"rejected","seq":N,"dropped":0|1}
     -> {"type":"erasure","notice":{"body","sig"}}       non-personal erasure evidence
     <- {"type":"erasure-recorded","engagements":N}
     -> {"type":"ping"}   <- {"type":"pong"}
@@ -26,6 +32,7 @@ Close codes (reason = the stable code):
     4403  link.not_paired       the account has no paired vault
     4408  link.auth_timeout     no auth frame in time
     4409  link.superseded       a newer link for the account took over
+    4422  link.bad_receipt      a receipt or reject that does not verify or parse
 
 Erasure notice body (signed by the identity key)::
 
@@ -41,6 +48,7 @@ Erasure notice body (signed by the identity key)::
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +62,7 @@ from .limits import ACCOUNT_PATTERN, ENGAGEMENT_PATTERN, MAX_ENVELOPE_BYTES, MAX
 __all__ = [
     "CLOSE_CODES",
     "ERASURE_RULES",
+    "REJECT_CODE_PATTERN",
     "ErasureNotice",
     "decode_outbox_frame",
     "encode_outbox_frame",
@@ -74,7 +83,10 @@ CLOSE_CODES: dict[str, int] = {
     "link.not_paired": 4403,
     "link.auth_timeout": 4408,
     "link.superseded": 4409,
+    "link.bad_receipt": 4422,
 }
+#: What a ``reject`` frame's code may look like: a stable code, never free text.
+REJECT_CODE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_]{0,47}")
 
 
 def _challenge_bytes(account: str, nonce: bytes, origin: str) -> bytes:

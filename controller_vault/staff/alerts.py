@@ -66,6 +66,10 @@ ALERT_KINDS: dict[str, str] = {
     "audit_verification_failed": "The audit log did not verify.",
     "export_burst": "Unusually many subject-access exports in a short time.",
     "erasure_burst": "Unusually many erasures in a short time.",
+    "relay_key_changed": "The relay signed with a different key than before (no key was "
+                         "pinned at pairing); pair again to pin the relay's key.",
+    "erasure_incomplete_checkpoint": "An erasure deleted the keys and rows, but a concurrent "
+                                     "reader kept old pages on disk; run it again.",
 }
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 _CODE = re.compile(r"[a-z_]{1,32}\.[a-z_]{1,48}")

@@ -199,10 +199,12 @@ def export_filename(requested: str | None, *, account: str, export_id: str,
         return f"subject-export-{account}-{stamp}-{export_id[:12]}.json"
     # Each refusal stops a path trick: traversal (".."), directories or absolute paths
     # ("/", "\\", "C:"), NUL truncation in C-level file APIs, hidden files, device
-    # names, and names long enough to overflow a file system's limit.
+    # names, and names long enough to overflow a file system's limit. A trailing dot
+    # would become ".." once ".json" is appended (and Windows strips trailing dots).
     if (not isinstance(requested, str) or not requested or len(requested) > MAX_FILENAME
             or "\x00" in requested or "/" in requested or "\\" in requested
-            or ".." in requested or not _SAFE_NAME.fullmatch(requested)
+            or ".." in requested or requested.endswith(".")
+            or not _SAFE_NAME.fullmatch(requested)
             or _DEVICE.fullmatch(requested)):
         raise ExportNameError("the export file name is not acceptable")
     name = requested if requested.endswith(".json") else requested + ".json"

@@ -34,7 +34,7 @@ from typing import Any
 
 from .errors import StaffConfigError
 
-__all__ = ["RedactionRules", "luhn_valid", "redact"]
+__all__ = ["RedactionRules", "luhn_valid", "redact", "redact_body"]
 
 # A digit run grouped by single spaces or dashes. Lookarounds stop it starting or
 # ending inside a longer number (so a 25-digit reference is one run, not a card).
@@ -237,3 +237,31 @@ def redact(text: str, rules: RedactionRules) -> tuple[str, dict[str, int]]:
         text, n = _sub(pattern, mask_for(kind), text)
         bump(kind, n)
     return text, counts
+
+
+def redact_body(kind: str, body: dict[str, Any],
+                rules: RedactionRules) -> tuple[dict[str, Any], dict[str, int]]:
+    """A copy of an opened envelope body with every free-text field redacted.
+
+    Subject identifiers (pre-chat email and phone, visitor id, transcript-request
+    email) are left alone: they feed the blind index and are not free text.
+    """
+    counts: dict[str, int] = {}
+
+    def clean(text: str) -> str:
+        out, found = redact(text, rules)
+        for key, n in found.items():
+            counts[key] = counts.get(key, 0) + n
+        return out
+
+    out = dict(body)
+    if kind == "message":
+        out["text"] = clean(body["text"])
+    elif kind in ("history-handoff", "offload"):
+        field_name = "items" if kind == "history-handoff" else "messages"
+        out[field_name] = [{**item, "text": clean(item["text"])} for item in body[field_name]]
+    elif kind in ("survey", "prechat") and isinstance(body.get("answers"), dict):
+        out["answers"] = {k: clean(v) for k, v in body["answers"].items()}
+    if kind == "prechat" and isinstance(body.get("name"), str):
+        out["name"] = clean(body["name"])
+    return out, counts

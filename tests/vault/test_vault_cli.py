@@ -43,8 +43,8 @@ def test_audit_verify_exit_codes(tmp_path):
     agent = PartyKeys.generate()
     for name in ("agent-a", "agent-b", "agent-c"):
         out = _cli("certify-agent", "--state-dir", state, "--agent", name,
-                   "--enc-pk", b64e(agent.encryption.public_bytes),
-                   "--sig-pk", b64e(agent.signing_public_bytes)).stdout
+                   f"--enc-pk={b64e(agent.encryption.public_bytes)}",
+                   f"--sig-pk={b64e(agent.signing_public_bytes)}").stdout
         assert set(json.loads(out)) == {"body", "sig"}
     _cli("rotate-key", "--state-dir", state)
     ok = _cli("audit", "verify", "--state-dir", state)

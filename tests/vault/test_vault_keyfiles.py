@@ -19,7 +19,9 @@ from controller_vault.keyfiles import (
 from envelope import PartyKeys, open_envelope, seal, verify_vault_key_statement
 
 NOW = 1_800_000_000
-FAST = {"kdf_ops": nacl.pwhash.argon2id.OPSLIMIT_MIN, "kdf_mem": nacl.pwhash.argon2id.MEMLIMIT_MIN}
+# The weakest setting the vault accepts (its floor) is also the fastest one tests can use.
+FAST = {"kdf_ops": nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+        "kdf_mem": nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE}
 
 
 def test_init_creates_private_files_and_a_verifying_statement(tmp_path):
@@ -107,6 +109,29 @@ def test_passphrase_protects_every_secret(tmp_path):
     assert loaded.master_key == keys.master_key
     rotated = rotate_encryption_key(state, now=NOW + 1, passphrase=b"correct horse")
     assert len(rotated.encryption_keys) == 2
+
+
+@pytest.mark.parametrize("weaken", ["ops", "mem"])
+def test_kdf_costs_below_the_floor_in_vault_json_are_refused(tmp_path, weaken):
+    state = tmp_path / "v"
+    init_vault(state, "clinic", now=NOW, passphrase=b"correct horse", **FAST)
+    doc = json.loads((state / "vault.json").read_text())
+    # An attacker who can edit vault.json lowers one cost to libsodium's minimum.
+    doc["kdf"][weaken] = (nacl.pwhash.argon2id.OPSLIMIT_MIN if weaken == "ops"
+                          else nacl.pwhash.argon2id.MEMLIMIT_MIN)
+    (state / "vault.json").write_text(json.dumps(doc))
+    with pytest.raises(KeyFileError, match="below the floor") as err:
+        load_vault_keys(state, passphrase=b"correct horse")
+    assert str(state / "vault.json") in err.value.message
+    with pytest.raises(KeyFileError, match="below the floor"):
+        rotate_encryption_key(state, now=NOW + 1, passphrase=b"correct horse")
+
+
+def test_init_refuses_kdf_costs_below_the_floor(tmp_path):
+    with pytest.raises(KeyFileError, match="below the floor"):
+        init_vault(tmp_path / "v", "clinic", now=NOW, passphrase=b"pw",
+                   kdf_ops=nacl.pwhash.argon2id.OPSLIMIT_MIN,
+                   kdf_mem=nacl.pwhash.argon2id.MEMLIMIT_MIN)
 
 
 def test_systemd_credentials_win_over_state_files(tmp_path):

@@ -132,3 +132,78 @@ def smtp_starttls(tls_files: tuple[str, str]) -> Iterator[SmtpServer]:
 def smtp_implicit_tls(tls_files: tuple[str, str]) -> Iterator[SmtpServer]:
     """An SMTP server behind implicit TLS with AUTH (port 465 style)."""
     yield from _run("tls", tls_files)
+
+
+# -- a real vault app (real SQLite files in tmp_path) for the integration tests ------
+
+VAULT_NOW = 1_800_000_000
+VAULT_ACCOUNT = "clinic"
+
+
+@dataclass
+class StaffVault:
+    """The real vault app behind a test client, with envelope factories."""
+
+    state: pathlib.Path
+    app: Any
+    client: Any
+    keys: Any
+    clock: list[int]
+    tokens: dict[str, str] = field(default_factory=dict)
+    seqs: dict[tuple[str, bytes], int] = field(default_factory=dict)
+
+    def env(self, engagement: str, sender: Any, kind: str, body: dict[str, Any], *,
+            role: str = "visitor") -> bytes:
+        """One envelope of ``engagement`` sealed to the vault (next sequence of ``sender``)."""
+        from envelope import encode_body, seal
+
+        key = (engagement, sender.signing_public_bytes)
+        self.seqs[key] = self.seqs.get(key, 0) + 1
+        return seal(encode_body(kind, body), sender=sender, role=role, account=VAULT_ACCOUNT,
+                    engagement=engagement, sequence=self.seqs[key], kind=kind,
+                    recipients=[self.keys.current_key.public_bytes])
+
+    async def ingest(self, frames: list[bytes], at: int | None = None) -> Any:
+        """Ingest through the app's own Ingestor at ``at`` (default: the app clock)."""
+        from controller_vault.app import INGESTOR
+
+        return await self.app[INGESTOR].ingest(frames, self.clock[0] if at is None else at)
+
+    def auth(self, scope: str, purpose: str | None = "ticket 42") -> dict[str, str]:
+        """Headers of a request made with the token holding ``scope``."""
+        headers = {"Authorization": f"Bearer {self.tokens[scope]}"}
+        if purpose is not None:
+            headers["X-Purpose"] = purpose
+        return headers
+
+    def files(self) -> bytes:
+        """Every byte of the vault's files (databases, WALs, key store, staff.db)."""
+        return b"".join(p.read_bytes() for p in sorted(self.state.rglob("*")) if p.is_file())
+
+
+@pytest.fixture
+def make_staff_vault(tmp_path: pathlib.Path, aiohttp_client: Any) -> Any:
+    """Factory: start the real vault app with the given staff settings and config fields."""
+
+    async def start(staff: Any = None, **cfg_fields: Any) -> StaffVault:
+        from controller_vault.app import create_app
+        from controller_vault.config import StaffSettings, VaultConfig
+        from controller_vault.keyfiles import init_vault
+        from controller_vault.staff.access import STAFF_TOKENS
+        from controller_vault.staff.tokens import SCOPES
+
+        state = tmp_path / "vault"
+        keys = init_vault(state, VAULT_ACCOUNT, now=VAULT_NOW)
+        cfg_fields.setdefault("retention_sweep_s", 0.0)
+        cfg = VaultConfig(account=VAULT_ACCOUNT, state_dir=str(state), **cfg_fields)
+        clock = [VAULT_NOW]
+        app = create_app(cfg, keys=keys, clock=lambda: float(clock[0]),
+                         staff=staff or StaffSettings())
+        client = await aiohttp_client(app)
+        vault = StaffVault(state, app, client, keys, clock)
+        for scope in sorted(SCOPES):
+            vault.tokens[scope], _ = await app[STAFF_TOKENS].issue(
+                f"staff-{scope}", [scope], now=VAULT_NOW)
+        return vault
+
+    return start

@@ -1,0 +1,289 @@
+"""The staff side's background work: erasure notices to the relay, retention sweeps,
+transcript email to visitors and anomaly alerts.
+
+Each piece takes its clock as an argument (``now`` or a ``clock`` callable), so tests
+drive retention and bursts at injected times. Nothing here logs or audits personal
+data: engagement ids, counts, rule names and stable codes only.
+
+>>> sorted(categories_of(frozenset({"message", "consent"})))
+['prechat', 'transcripts']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from envelope import key_id
+
+from .erasure import ErasureOutcome, OpenedRow, erase_and_notify, read_engagement
+from .errors import DataKeyDestroyed, VaultError
+from .keyfiles import VaultKeys
+from .keystore import KeyStore
+from .staff.alerts import ALERT_KINDS, AlertDispatcher, new_alert
+from .staff.errors import StaffError
+from .staff.mailer import SmtpConfig, check_address, send_transcript
+from .staff.retention import (
+    CATEGORIES,
+    Expired,
+    RetainedEngagement,
+    RetentionRules,
+    select_expired,
+)
+from .store import AuditRecord, VaultStore
+from .transcripts import build_transcript
+
+__all__ = [
+    "AlertRaiser",
+    "NoticePump",
+    "RetentionOutcome",
+    "TranscriptMailer",
+    "categories_of",
+    "expired_engagements",
+    "sweep_retention",
+]
+
+log = logging.getLogger("controller_vault.staff")
+
+#: Ingest anomaly kind -> controller alert kind (the others are counted, not alerted).
+_ALERTED = {"forged_envelope": "forged_envelope", "tampered_envelope": "tampered_envelope",
+            "replayed_envelope": "tampered_envelope",
+            "unknown_recipient_key": "unknown_recipient_key"}
+
+
+class NoticePump:
+    """Sends queued erasure notices over the live link; marks them when recorded.
+
+    The queue is vault.db's ``erasure_notices`` table, so notices made while the link
+    is down (or by the CLI in another process) are sent at the next connection. The
+    relay answers each notice in order, so answers are matched first in, first out.
+    """
+
+    def __init__(self, store: VaultStore, *, clock: Callable[[], float] = time.time,
+                 poll_s: float = 5.0) -> None:
+        self._store = store
+        self._clock = clock
+        self._poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._in_flight: collections.deque[int] = collections.deque()
+        self._recorded = 0
+
+    def wake(self) -> None:
+        """A notice was queued: send it now rather than at the next poll."""
+        self._wake.set()
+
+    def recorded(self) -> None:
+        """The relay answered ``erasure-recorded`` for the oldest notice in flight."""
+        self._recorded += 1
+        self._wake.set()
+
+    async def run(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """For one link session: send every pending notice, then wait for more."""
+        self._in_flight.clear()
+        self._recorded = 0
+        sent: set[int] = set()
+        while True:
+            self._wake.clear()
+            while self._recorded and self._in_flight:
+                self._recorded -= 1
+                await self._store.mark_notice_recorded(self._in_flight.popleft(),
+                                                       int(self._clock()))
+            for pending in await self._store.pending_notices():
+                if pending.notice_id not in sent:
+                    await send({"type": "erasure", "notice": pending.notice})
+                    sent.add(pending.notice_id)
+                    self._in_flight.append(pending.notice_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+
+
+def categories_of(kinds: frozenset[str]) -> frozenset[str]:
+    """The retention categories an engagement holds, from its stored envelope kinds."""
+    return frozenset(c for c, members in CATEGORIES.items() if kinds & members)
+
+
+async def expired_engagements(store: VaultStore, rules: RetentionRules,
+                              now: int) -> list[Expired]:
+    """What a retention sweep at ``now`` would erase (the dry run)."""
+    rows = await store.retained_engagements()
+    return select_expired([RetainedEngagement(r.engagement, r.account, r.last_at,
+                                              categories_of(r.kinds)) for r in rows],
+                          rules, now)
+
+
+@dataclass(frozen=True)
+class RetentionOutcome:
+    """What one sweep did."""
+
+    erased: ErasureOutcome
+    partial: dict[str, int]
+
+
+async def sweep_retention(store: VaultStore, keystore: KeyStore, keys: VaultKeys,
+                          rules: RetentionRules, *, now: int) -> RetentionOutcome:
+    """Erase every engagement past its age; delete expired categories of the others."""
+    expired = await expired_engagements(store, rules, now)
+    whole = [e.engagement_id for e in expired if e.whole]
+    outcome = await erase_and_notify(store, keystore, keys, whole, actor="retention",
+                                     purpose="retention-by-age", rule="retention", now=now)
+    partial: dict[str, int] = {}
+    for item in expired:
+        if not item.whole:
+            kinds = sorted(set().union(*(CATEGORIES[c] for c in item.categories)))
+            partial[item.engagement_id] = await store.delete_kinds(
+                item.engagement_id, kinds, now,
+                AuditRecord("retention", "erase-categories", "retention-by-age",
+                            item.engagement_id, {"categories": list(item.categories)}))
+    return RetentionOutcome(outcome, partial)
+
+
+class AlertRaiser:
+    """Turns anomalies into alerts delivered in the background (never delaying ingest)."""
+
+    def __init__(self, dispatcher: AlertDispatcher, account: str, *,
+                 clock: Callable[[], float] = time.time, quiet_s: float = 60.0) -> None:
+        self.dispatcher = dispatcher
+        self._account = account
+        self._clock = clock
+        self._quiet_s = quiet_s
+        self._last: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def raise_kind(self, kind: str, code: str | None = None,
+                   engagement_ids: tuple[str, ...] = ()) -> None:
+        """Raise one alert of ``kind`` unless the same kind was raised within quiet_s."""
+        kind = _ALERTED.get(kind, kind)
+        if kind not in ALERT_KINDS:
+            return
+        now = self._clock()
+        # One alert per kind per quiet period: a relay replaying garbage cannot turn
+        # the controller's webhook and inbox into a flood (the metric still counts all).
+        if now - self._last.get(kind, -1e18) < self._quiet_s:
+            return
+        self._last[kind] = now
+        try:
+            alert = new_alert(kind, self._account, now=int(now), code=code,
+                              engagement_ids=engagement_ids)
+        except StaffError:
+            return
+        self._spawn(self.dispatcher.deliver(alert))
+
+    def record(self, activity: str, token_id: str | None = None) -> None:
+        """An export or erasure happened: the dispatcher alerts on a burst."""
+        self._spawn(self.dispatcher.record(activity, self._account, now=int(self._clock()),
+                                           token_id=token_id))
+
+    async def drain(self) -> None:
+        """Wait for alerts still being delivered (at shutdown and in tests)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class _Refused(Exception):
+    """A transcript request the rule refuses; ``code`` is stable and non-personal."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _normalised_address(address: str) -> str:
+    return unicodedata.normalize("NFC", address).strip().casefold()
+
+
+def _prechat_addresses(rows: list[OpenedRow], visitor_key_id: str) -> set[str]:
+    found = set()
+    for row in rows:
+        if row.kind == "prechat" and row.role == "visitor" \
+                and row.sender_key_id == visitor_key_id:
+            with contextlib.suppress(ValueError):
+                email = json.loads(row.body).get("email")
+                if isinstance(email, str) and email.strip():
+                    found.add(_normalised_address(email))
+    return found
+
+
+class TranscriptMailer:
+    """Emails a transcript to the visitor who asked for it (a transcript-request envelope).
+
+    The rule (a decrypted transcript leaves the vault by email only to the visitor):
+    send only when the request was signed by the engagement's pinned visitor key (its
+    first visitor key) AND the address equals, after NFC, trimming and case folding, an
+    email that same visitor key gave in a pre-chat envelope of the engagement. Otherwise
+    nothing is sent and the audit records ``transcript.not_pinned_visitor`` or
+    ``transcript.address_not_given``. This stops a hostile relay that sends its own
+    visitor-key request (or any request to its own address) from receiving the agents'
+    replies by mail.
+    """
+
+    def __init__(self, store: VaultStore, keystore: KeyStore, smtp: SmtpConfig | None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._smtp = smtp
+        self._clock = clock
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.sent = 0
+        self.refused = 0
+
+    def request(self, engagement: str, address: str, sender_key: bytes | None) -> None:
+        """Ingest's hook: send in the background so ingest never waits for SMTP."""
+        task = asyncio.ensure_future(self._send(engagement, address, sender_key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, engagement: str, address: str, sender_key: bytes | None) -> None:
+        now = int(self._clock())
+        outcome = "sent"
+        try:
+            state = (await self._store.engagement_states([engagement])).get(engagement)
+            pinned = state.visitor_key if state is not None else None
+            if self._smtp is None:
+                outcome = "smtp-not-configured"
+            elif pinned is None or sender_key is None or bytes(pinned) != sender_key:
+                outcome = "transcript.not_pinned_visitor"
+            else:
+                check_address(address)
+                rows = await read_engagement(self._store, self._keystore, engagement,
+                                             actor="vault", purpose="transcript-email",
+                                             now=now)
+                if _normalised_address(address) not in _prechat_addresses(
+                        rows, key_id(bytes(pinned))):
+                    raise _Refused("transcript.address_not_given")
+                summary = await self._store.engagement_summary(engagement)
+                agents = await self._store.agent_names()
+                transcript = build_transcript(
+                    engagement, self._store.account, summary.first_at if summary else now,
+                    None, bool(summary and summary.complete), rows, agents)
+                await send_transcript(self._smtp, address, transcript)
+                self.sent += 1
+        except (StaffError, VaultError, DataKeyDestroyed) as exc:
+            outcome = exc.code
+        except _Refused as exc:
+            outcome = exc.code
+        if outcome.startswith("transcript."):
+            self.refused += 1
+        # The audit names the engagement and the outcome code; never the address.
+        with contextlib.suppress(VaultError):
+            await self._store.append_audit([AuditRecord("vault", "transcript-email",
+                                                         "visitor-request", engagement,
+                                                         {"outcome": outcome})], now)
+        log.info("transcript email for %s: %s", engagement, outcome)
+
+    async def drain(self) -> None:
+        """Wait for emails still being sent (at shutdown and in tests)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,175 @@
+"""The staff side's queries on vault.db (part of the store: the only other module with SQL).
+
+``StaffQueries`` is mixed into :class:`~controller_vault.store.VaultStore` and uses its
+one writer connection. Reads return ids, times and counts only; personal data stays
+sealed in ``envelopes.ciphertext`` and is opened by the caller with the data key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from .database import store_errors
+
+__all__ = ["EngagementSummary", "PendingNotice", "RetainedRow", "StaffQueries"]
+
+_MAX_LIST = 1000
+
+
+@dataclass(frozen=True)
+class EngagementSummary:
+    """One engagement as staff lists it (no personal data)."""
+
+    engagement: str
+    account: str
+    first_at: int
+    last_at: int
+    complete: bool | None          # None: no end frame yet
+    missing: int
+    erased_at: int | None
+    agents: tuple[str, ...]
+
+    @property
+    def incomplete(self) -> bool:
+        """True unless the end frame arrived and every envelope it names is stored."""
+        return self.complete is not True
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of the list routes."""
+        return {"engagement_id": self.engagement, "started_at": self.first_at,
+                "last_activity_at": self.last_at, "complete": self.complete is True,
+                "incomplete": self.incomplete, "missing": self.missing,
+                "agents": list(self.agents)}
+
+
+@dataclass(frozen=True)
+class RetainedRow:
+    """What retention needs of one live engagement: its last activity and stored kinds."""
+
+    engagement: str
+    account: str
+    last_at: int
+    kinds: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PendingNotice:
+    """A signed erasure notice not yet recorded by the relay."""
+
+    notice_id: int
+    notice: dict[str, str]
+
+
+class StaffQueries:
+    """Named staff operations on vault.db (mixed into VaultStore)."""
+
+    _db: aiosqlite.Connection
+    account: str
+
+    async def _agents_of(self, engagements: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, set[str]] = {}
+        for i in range(0, len(engagements), 500):
+            chunk = list(engagements[i:i + 500])
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                    "SELECT s.engagement, c.agent FROM engagement_senders s "  # noqa: S608 (placeholders only)
+                    "JOIN agent_certificates c ON c.sig_key_id = s.sender_key_id "
+                    f"WHERE s.engagement IN ({marks})", chunk) as cur:
+                async for eng, agent in cur:
+                    out.setdefault(eng, set()).add(agent)
+        return {e: tuple(sorted(a)) for e, a in out.items()}
+
+    async def _summaries(self, where: str, params: Sequence[Any],
+                         limit: int) -> list[EngagementSummary]:
+        async with self._db.execute(
+                "SELECT engagement, account, first_at, last_at, complete, missing, erased_at "  # noqa: S608 (fixed clauses)
+                f"FROM engagements WHERE {where} ORDER BY first_at, engagement LIMIT ?",
+                (*params, min(limit, _MAX_LIST))) as cur:
+            rows = list(await cur.fetchall())
+        agents = await self._agents_of([r[0] for r in rows])
+        return [EngagementSummary(r[0], r[1], int(r[2]), int(r[3]),
+                                  None if r[4] is None else bool(r[4]), int(r[5]),
+                                  None if r[6] is None else int(r[6]), agents.get(r[0], ()))
+                for r in rows]
+
+    async def list_engagements(self, *, since: int | None = None, until: int | None = None,
+                               agent: str | None = None, token: bytes | None = None,
+                               limit: int = 200) -> list[EngagementSummary]:
+        """Live (not erased) engagements started in [since, until], by agent or subject."""
+        clauses: list[str] = ["erased_at IS NULL"]
+        params: list[Any] = []
+        if since is not None:
+            clauses.append("first_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("first_at <= ?")
+            params.append(until)
+        if agent is not None:
+            clauses.append("engagement IN (SELECT s.engagement FROM engagement_senders s "
+                           "JOIN agent_certificates c ON c.sig_key_id = s.sender_key_id "
+                           "WHERE c.agent = ?)")
+            params.append(agent)
+        if token is not None:
+            clauses.append("engagement IN (SELECT engagement FROM subject_index "
+                           "WHERE token = ?)")
+            params.append(token)
+        return await self._summaries(" AND ".join(clauses), params, limit)
+
+    async def engagement_summary(self, engagement: str) -> EngagementSummary | None:
+        """One engagement (erased ones included, with ``erased_at`` set), or None."""
+        found = await self._summaries("engagement = ?", [engagement], 1)
+        return found[0] if found else None
+
+    async def agent_names(self) -> dict[str, str]:
+        """Signing key id -> agent pseudonym, for every agent this vault certified."""
+        async with self._db.execute("SELECT sig_key_id, agent FROM agent_certificates") as c:
+            return {r[0]: r[1] async for r in c}
+
+    async def retained_engagements(self) -> list[RetainedRow]:
+        """Every live engagement with its last activity and the envelope kinds it holds."""
+        async with self._db.execute(
+                "SELECT e.engagement, e.account, e.last_at, group_concat(DISTINCT v.kind) "
+                "FROM engagements e JOIN envelopes v ON v.engagement = e.engagement "
+                "WHERE e.erased_at IS NULL GROUP BY e.engagement ORDER BY e.engagement") as c:
+            return [RetainedRow(r[0], r[1], int(r[2]), frozenset(str(r[3]).split(",")))
+                    async for r in c]
+
+    async def delete_kinds(self, engagement: str, kinds: Sequence[str], now: int,
+                           audit: Any) -> int:
+        """Delete one engagement's envelopes of ``kinds`` (partial retention); audited."""
+        marks = ",".join("?" * len(kinds))
+        async with store_errors(self._db, "delete expired records"):
+            cur = await self._db.execute(
+                f"DELETE FROM envelopes WHERE engagement = ? AND kind IN ({marks})",  # noqa: S608 (placeholders only)
+                (engagement, *kinds))
+            n = int(cur.rowcount)
+            await self._append_audit([audit], now)  # type: ignore[attr-defined]
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n
+
+    async def pending_notices(self, limit: int = 100) -> list[PendingNotice]:
+        """Signed erasure notices the relay has not recorded yet, oldest first."""
+        async with self._db.execute(
+                "SELECT id, notice FROM erasure_notices WHERE recorded_at IS NULL "
+                "ORDER BY id LIMIT ?", (limit,)) as cur:
+            return [PendingNotice(int(r[0]), json.loads(r[1])) async for r in cur]
+
+    async def mark_notice_recorded(self, notice_id: int, now: int) -> None:
+        """The relay answered erasure-recorded for this notice."""
+        async with store_errors(self._db, "mark erasure notice"):
+            await self._db.execute(
+                "UPDATE erasure_notices SET recorded_at = ? WHERE id = ? "
+                "AND recorded_at IS NULL", (now, notice_id))
+
+    async def notice_counts(self) -> tuple[int, int]:
+        """(pending, recorded) erasure notices."""
+        async with self._db.execute(
+                "SELECT count(*) - count(recorded_at), count(recorded_at) "
+                "FROM erasure_notices") as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)

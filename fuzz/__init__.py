@@ -1,0 +1,1 @@
+"""Atheris fuzz targets: each asserts that only the target's typed errors escape."""

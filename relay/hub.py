@@ -1,0 +1,140 @@
+"""The hub: live sockets, the router, and the glue between them (sending deliveries,
+persisting engagement records, closing sockets on shutdown or account changes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from envelope import encode_outbox_frame
+
+from .abuse import ConnectionRateLimiter
+from .logs import log_event
+from .protocol import close_code_for
+from .records import round_down
+from .routing import Delivery, Router
+from .state import RelayState
+from .store import EngagementRecord
+
+__all__ = ["ChatHub", "Conn", "refuse"]
+
+
+class Conn:
+    """One registered chat socket."""
+
+    def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str) -> None:
+        self.id, self.ws, self.role, self.account = conn_id, ws, role, account
+        self.lock = asyncio.Lock()
+
+
+class ChatHub:
+    """Live sockets, the router, and the glue between them."""
+
+    def __init__(self, st: RelayState) -> None:
+        self.st = st
+        cfg = st.config
+        self.router = Router(buffer_frames=cfg.resume_buffer_frames,
+                             resume_grace=cfg.resume_grace_seconds,
+                             queue_timeout=cfg.queue_timeout_seconds)
+        self.conns: dict[str, Conn] = {}
+        self.rate = ConnectionRateLimiter(cfg.connections_per_ip_per_minute)
+        self._ids = itertools.count(1)
+        self.outbox_bytes = 0
+        self.closing = False
+
+    def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> Conn:
+        """Register a socket."""
+        conn = Conn(f"c{next(self._ids)}", ws, role, account)
+        self.conns[conn.id] = conn
+        self.st.metrics.connections.labels(role).inc()
+        self.st.metrics.connections_total.labels(role).inc()
+        return conn
+
+    def drop_conn(self, conn: Conn) -> None:
+        """Forget a socket."""
+        if self.conns.pop(conn.id, None) is not None:
+            self.st.metrics.connections.labels(conn.role).dec()
+
+    async def deliver(self, deliveries: list[Delivery]) -> None:
+        """Send what the router decided; a dead socket is skipped (resume replays)."""
+        for d in deliveries:
+            conn = self.conns.get(d.conn)
+            if conn is None or conn.ws.closed:
+                continue
+            if d.payload == {"type": "superseded"}:
+                asyncio.get_running_loop().create_task(
+                    refuse(self.st, conn.ws, "session.superseded", "a newer socket took over"))
+                continue
+            try:
+                async with conn.lock:
+                    if isinstance(d.payload, bytes):
+                        await conn.ws.send_bytes(encode_outbox_frame(d.dseq or 0, d.payload))
+                    else:
+                        frame = dict(d.payload)
+                        if d.dseq is not None:
+                            frame["dseq"] = d.dseq
+                        await conn.ws.send_json(frame)
+            except (ConnectionError, RuntimeError):
+                continue
+
+    async def persist_records(self) -> None:
+        """Write changed engagement records (rounded, non-personal)."""
+        g = self.st.config.record_granularity_seconds
+        records = []
+        for e in self.router.take_dirty():
+            wait = None if e.accepted_at is None else int(e.accepted_at - e.started_at)
+            first = None if e.first_response_at is None or e.accepted_at is None else \
+                int(e.first_response_at - e.accepted_at)
+            records.append(EngagementRecord(
+                engagement=e.id, account=e.account, mode=e.mode,
+                started_at=round_down(e.started_at, g),
+                ended_at=None if e.ended_at is None else round_down(e.ended_at, g),
+                queue_wait_s=wait, first_response_s=first, agent=e.agent,
+                outcome=e.outcome, visitor_messages=e.counts["visitor_messages"],
+                agent_messages=e.counts["agent_messages"],
+                visitor_bytes=e.counts["visitor_bytes"], agent_bytes=e.counts["agent_bytes"],
+                transfers=e.counts["transfers"]))
+            if e.ended_at is not None:
+                self.st.metrics.engagements_total.labels(e.outcome).inc()
+        if records:
+            await self.st.store.upsert_engagements(records)
+        self.st.metrics.engagements_active.set(len(self.router.engagements))
+
+    def account_changed(self, account: str) -> None:
+        """Mode or vault key changed: end live engagements and tell clients to re-key."""
+        now = self.st.clock()
+        for eng in [e for e in self.router.engagements.values() if e.account == account]:
+            self.router.end(eng=eng, role="relay", now=now)
+        for conn in [c for c in self.conns.values() if c.account == account]:
+            asyncio.get_running_loop().create_task(
+                refuse(self.st, conn.ws, "mode.changed", "account changed: reconnect"))
+
+    async def tick(self) -> None:
+        """Run the router's time rules and persist records."""
+        await self.deliver(self.router.tick(self.st.clock()))
+        await self.persist_records()
+        self.outbox_bytes = (await self.st.store.outbox_stats()).total_bytes
+
+    async def close_all(self) -> None:
+        """Graceful shutdown: every socket closed with going-away (clients resume later)."""
+        self.closing = True
+        for conn in list(self.conns.values()):
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=1001, message=b"going-away")
+        await self.persist_records()
+
+
+async def refuse(st: RelayState, ws: web.WebSocketResponse, code: str, message: str,
+                  **ids: Any) -> None:
+    """Count a refusal, send the error frame, close with the code as reason."""
+    st.metrics.frames_refused.labels(code).inc()
+    log_event(st.logger, logging.INFO, "chat.refused", code=code, **ids)
+    with contextlib.suppress(Exception):
+        if not ws.closed:
+            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.close(code=close_code_for(code), message=code.encode())

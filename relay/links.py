@@ -1,0 +1,64 @@
+"""Which vault link serves which account, and outbox wake-ups (memory only, no I/O).
+
+One link per account: a newer authenticated link supersedes the older one, so two
+vault processes (or a stale connection after a network split) never drain the same
+outbox at once. Senders of envelopes call :meth:`LinkRegistry.wake` after the commit,
+so the link streams a new entry without polling.
+
+>>> reg = LinkRegistry()
+>>> reg.claim("clinic", "first") is None
+True
+>>> reg.claim("clinic", "second")
+'first'
+>>> reg.release("clinic", "first"), reg.current("clinic")
+(False, 'second')
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+__all__ = ["LinkRegistry"]
+
+
+class LinkRegistry:
+    """Live vault links by account, and one wake-up event per account."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, Any] = {}
+        self._events: dict[str, asyncio.Event] = {}
+
+    def claim(self, account: str, link: Any) -> Any:
+        """Make ``link`` the account's link; return the one it supersedes (or None)."""
+        previous = self._links.get(account)
+        self._links[account] = link
+        return previous
+
+    def release(self, account: str, link: Any) -> bool:
+        """Forget ``link`` if it is still the account's link."""
+        if self._links.get(account) is link:
+            del self._links[account]
+            return True
+        return False
+
+    def current(self, account: str) -> Any:
+        """The account's live link, or None."""
+        return self._links.get(account)
+
+    def all(self) -> list[Any]:
+        """Every live link."""
+        return list(self._links.values())
+
+    def event(self, account: str) -> asyncio.Event:
+        """The account's wake-up event (created on first use)."""
+        ev = self._events.get(account)
+        if ev is None:
+            ev = self._events[account] = asyncio.Event()
+        return ev
+
+    def wake(self, account: str) -> None:
+        """The account's outbox grew (after commit): wake its link's sender."""
+        ev = self._events.get(account)
+        if ev is not None:
+            ev.set()

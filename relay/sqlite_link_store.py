@@ -1,0 +1,170 @@
+"""The SQLite store's vault-link and offload operations (a mixin of SqliteStore).
+
+Receipts, rejections, erasure notices and the compliance-toggle offload each run as
+one write in the store's group-commit queue, so a crash leaves either all of an
+operation or none of it: an outbox entry is never deleted without its receipt hash
+being kept, and a transcript is never purged before its last offload envelope is
+receipted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiosqlite
+
+from .store import OutboxEntry, ReceiptOutcome
+
+__all__ = ["LinkStoreMixin", "insert_outbox"]
+
+_Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+
+async def insert_outbox(conn: aiosqlite.Connection, entries: Sequence[OutboxEntry]) -> list[int]:
+    """Insert outbox rows with fresh per-account sequences (inside a write)."""
+    seqs = []
+    for e in entries:
+        async with conn.execute(
+                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
+                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
+                " RETURNING next_seq - 1", (e.account,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        seq = int(row[0])
+        await conn.execute(
+            "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
+            " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
+             e.created_at))
+        seqs.append(seq)
+    return seqs
+
+
+
+class LinkStoreMixin:
+    """Vault-link and offload operations on top of the store's writer and reader."""
+
+    _write: Callable[[_Write], Awaitable[Any]]
+    _fetch: Callable[..., Awaitable[list[Any]]]
+
+    # vault link: receipts, rejections, erasures ---------------------------------------
+
+    async def apply_receipt(self, account: str, receipt_hash: str,
+                            items: Sequence[tuple[str, str, str]], at: int) -> ReceiptOutcome:
+        """Delete entries matching ``(engagement, envelope_id, hash)``; keep the receipt hash.
+
+        All in one transaction. An item naming another account's envelope, another
+        engagement, or bytes other than those stored (hash) matches no row and deletes
+        nothing; a replayed receipt finds its rows already gone.
+        """
+        async def op(conn: aiosqlite.Connection) -> ReceiptOutcome:
+            deleted: list[tuple[int, int]] = []
+            per_engagement: dict[str, int] = {}
+            touched: set[str] = set()
+            for engagement, envelope_id, envelope_hash in items:
+                async with conn.execute(
+                        "DELETE FROM outbox WHERE account=? AND envelope_id=? AND"
+                        " envelope_hash=? AND engagement=? RETURNING seq, created_at",
+                        (account, envelope_id, envelope_hash, engagement)) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    continue
+                deleted.append((int(row[0]), int(row[1])))
+                per_engagement[engagement] = per_engagement.get(engagement, 0) + 1
+                cur2 = await conn.execute("DELETE FROM offload_envelopes WHERE account=? AND"
+                                          " envelope_id=?", (account, envelope_id))
+                if cur2.rowcount:
+                    touched.add(engagement)
+            for engagement, n in per_engagement.items():
+                await conn.execute(
+                    "INSERT INTO engagement_receipts (account, engagement, receipt_hash,"
+                    " envelopes, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (account, engagement, receipt_hash, n, at))
+            offloaded = []
+            for engagement in sorted(touched):
+                async with conn.execute("SELECT 1 FROM offload_envelopes WHERE account=? AND"
+                                        " engagement=? LIMIT 1", (account, engagement)) as cur:
+                    if await cur.fetchone() is not None:
+                        continue
+                # Every offload envelope of the transcript is in the vault: purge it here.
+                await conn.execute("DELETE FROM transcripts WHERE account=? AND engagement=?",
+                                   (account, engagement))
+                await conn.execute("UPDATE offload SET state='done' WHERE account=? AND"
+                                   " engagement=?", (account, engagement))
+                offloaded.append(engagement)
+            return ReceiptOutcome(tuple(deleted), tuple(offloaded))
+        result: ReceiptOutcome = await self._write(op)
+        return result
+
+    async def reject_outbox(self, account: str, seq: int, code: str, at: int) -> str | None:
+        """Drop a refused entry (ciphertext gone, never retried) and count it."""
+        async def op(conn: aiosqlite.Connection) -> str | None:
+            async with conn.execute("DELETE FROM outbox WHERE account=? AND seq=?"
+                                    " RETURNING engagement, envelope_id", (account, seq)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            engagement, envelope_id = str(row[0]), str(row[1])
+            await conn.execute("INSERT INTO engagement_rejections (account, engagement, code,"
+                               " at) VALUES (?, ?, ?, ?)", (account, engagement, code, at))
+            cur2 = await conn.execute("DELETE FROM offload_envelopes WHERE account=? AND"
+                                      " envelope_id=?", (account, envelope_id))
+            if cur2.rowcount:
+                await conn.execute("UPDATE offload SET state='rejected' WHERE account=? AND"
+                                   " engagement=?", (account, engagement))
+            return engagement
+        result: str | None = await self._write(op)
+        return result
+
+    async def record_erasure(self, account: str, notice_hash: str, engagements: Sequence[str],
+                             rule: str, at: int) -> int:
+        """Record a verified erasure notice on engagement records; return how many."""
+        rows = [(account, e, rule, at, notice_hash) for e in engagements]
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            await conn.executemany(
+                "INSERT INTO engagement_erasures (account, engagement, rule, erased_at,"
+                " notice_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+            return len(rows)
+        return int(await self._write(op))
+
+    # compliance toggle: offload -----------------------------------------------------
+
+    async def plan_offload(self, account: str, at: int) -> int:
+        """Mark every stored transcript of ``account`` for offload; return how many."""
+        async def op(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO offload (account, engagement, state, planned_at)"
+                " SELECT DISTINCT account, engagement, 'pending', ? FROM transcripts"
+                " WHERE account=?", (at, account))
+            return cur.rowcount
+        return int(await self._write(op))
+
+    async def pending_offloads(self, limit: int) -> list[tuple[str, str]]:
+        """``(account, engagement)`` pairs still to seal, oldest plan first."""
+        rows = await self._fetch("SELECT account, engagement FROM offload WHERE"
+                                 " state='pending' ORDER BY planned_at, engagement LIMIT ?",
+                                 (limit,))
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def queue_offload(self, account: str, engagement: str,
+                            entries: Sequence[OutboxEntry]) -> None:
+        """Append offload envelopes and mark the engagement queued, in one transaction."""
+        async def op(conn: aiosqlite.Connection) -> None:
+            await insert_outbox(conn, entries)
+            await conn.executemany(
+                "INSERT INTO offload_envelopes (account, engagement, envelope_id)"
+                " VALUES (?, ?, ?)", [(account, engagement, e.envelope_id) for e in entries])
+            await conn.execute("UPDATE offload SET state='queued' WHERE account=? AND"
+                               " engagement=?", (account, engagement))
+        await self._write(op)
+
+    async def offload_progress(self, account: str | None) -> dict[str, int]:
+        """Offload rows of ``account`` (or of all accounts) by state."""
+        where, args = ("WHERE account=?", (account,)) if account else ("", ())
+        rows = await self._fetch(f"SELECT state, count(*) FROM offload {where} GROUP BY state",
+                                 args)
+        out = {"pending": 0, "queued": 0, "done": 0, "rejected": 0}
+        out.update({str(r[0]): int(r[1]) for r in rows})
+        return out

@@ -1,0 +1,394 @@
+"""The embedded store: one SQLite file (WAL) through aiosqlite, one writer connection.
+
+Writes go through a group-commit queue: the writer task takes every pending write
+(up to ``max_batch``), runs each inside its own SAVEPOINT in one transaction, commits
+once, then resolves the callers. A caller is told "done" only after the commit, which
+is what lets the relay acknowledge a frame only once it is durable. Reads use a
+second connection, so they never see a batch before it commits.
+
+``secure_delete`` is on so deleted ciphertext and transcripts do not linger in free
+pages of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import aiosqlite
+
+from .sqlite_link_store import LinkStoreMixin, insert_outbox
+from .store import (
+    Account,
+    AgentCertificateRow,
+    DataKeyRow,
+    EngagementRecord,
+    ModeChange,
+    OutboxEntry,
+    OutboxStats,
+    TokenRecord,
+    TranscriptRow,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+_Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
+_ENG_FIELDS = ("engagement", "account", "mode", "started_at", "ended_at", "queue_wait_s",
+               "first_response_s", "visitor_messages", "agent_messages", "visitor_bytes",
+               "agent_bytes", "agent", "transfers", "outcome", "receipts")
+# The hub owns these columns; receipts, rejections and erasures belong to the vault
+# link and live in their own tables, so a record rewrite never resets them.
+_HUB_FIELDS = tuple(f for f in _ENG_FIELDS if f != "receipts")
+
+
+def _schema_files() -> list[tuple[int, str]]:
+    root = resources.files("relay") / "schema"
+    out = []
+    for item in root.iterdir():
+        if item.name.endswith(".sql"):
+            out.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(out)
+
+
+SCHEMA_VERSION = max(v for v, _ in _schema_files())
+
+
+class SqliteStore(LinkStoreMixin):
+    """:class:`relay.store.RelayStore` on one SQLite file."""
+
+    def __init__(self, path: str | pathlib.Path, *, max_batch: int = 256) -> None:
+        self.path = pathlib.Path(path)
+        self.max_batch = max_batch
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[_Write, asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches_committed = 0
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA secure_delete=ON")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def open(self) -> None:
+        """Open both connections, apply schema upgrades, start the writer."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        self.path.chmod(0o600)
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        for version, sql in _schema_files():
+            if version > current:
+                await conn.execute("BEGIN IMMEDIATE")
+                for stmt in _statements(sql):
+                    await conn.execute(stmt)
+                await conn.execute(f"PRAGMA user_version={int(version)}")
+                await conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        """Commit everything queued, then close (graceful shutdown flushes the outbox)."""
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def _write_loop(self) -> None:
+        assert self._writer is not None
+        conn = self._writer
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                for i, (op, fut) in enumerate(batch):
+                    # One SAVEPOINT per write: a failing write is rolled back alone.
+                    await conn.execute(f"SAVEPOINT w{i}")
+                    try:
+                        results.append((fut, await op(conn), None))
+                        await conn.execute(f"RELEASE w{i}")
+                    except Exception as exc:
+                        await conn.execute(f"ROLLBACK TO w{i}")
+                        await conn.execute(f"RELEASE w{i}")
+                        results.append((fut, None, exc))
+                await conn.execute("COMMIT")
+                self.batches_committed += 1
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+                results = [(fut, None, exc) for _, fut in batch]
+            for fut, value, error in results:
+                if not fut.done():
+                    if error is not None:
+                        fut.set_exception(error)
+                    else:
+                        fut.set_result(value)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _write(self, op: _Write) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((op, fut))
+        return await fut
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        assert self._reader is not None, "store not open"
+        async with self._reader.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    # accounts -----------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> bool:
+        """Insert; False when the id exists."""
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO accounts (account, mode, origins, retention_days,"
+                " created_at) VALUES (?, ?, ?, ?, ?)",
+                (account.account, account.mode, json.dumps(list(account.origins)),
+                 account.retention_days, account.created_at))
+            return cur.rowcount == 1
+        return bool(await self._write(op))
+
+    @staticmethod
+    def _account(row: Any) -> Account:
+        return Account(account=row[0], mode=row[1], origins=tuple(json.loads(row[2])),
+                       retention_days=row[3], identity_key=row[4],
+                       key_statement=json.loads(row[5]) if row[5] else None,
+                       vault_key_id=row[6], vault_key=row[7], created_at=row[8])
+
+    _ACCOUNT_COLS = ("account, mode, origins, retention_days, identity_key, key_statement,"
+                     " vault_key_id, vault_key, created_at")
+
+    async def get_account(self, account: str) -> Account | None:
+        """One account or None."""
+        rows = await self._fetch(f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE account=?",
+                                 (account,))
+        return self._account(rows[0]) if rows else None
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account."""
+        rows = await self._fetch(f"SELECT {self._ACCOUNT_COLS} FROM accounts ORDER BY account")
+        return [self._account(r) for r in rows]
+
+    async def set_vault(self, account: str, identity_key: bytes, statement: dict[str, str],
+                        vault_key_id: str, vault_key: bytes) -> None:
+        """Store a verified pairing."""
+        await self._write(lambda c: c.execute(
+            "UPDATE accounts SET identity_key=?, key_statement=?, vault_key_id=?, vault_key=?"
+            " WHERE account=?",
+            (identity_key, json.dumps(statement), vault_key_id, vault_key, account)))
+
+    async def set_mode(self, account: str, mode: str, actor: str, at: int) -> None:
+        """Change the mode and record the change, in one transaction."""
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE accounts SET mode=? WHERE account=?", (mode, account))
+            await conn.execute("INSERT INTO mode_changes (account, mode, actor, at)"
+                               " VALUES (?, ?, ?, ?)", (account, mode, actor, at))
+        await self._write(op)
+
+    async def mode_changes(self, account: str) -> list[ModeChange]:
+        """The recorded toggles, oldest first."""
+        rows = await self._fetch("SELECT account, mode, actor, at FROM mode_changes"
+                                 " WHERE account=? ORDER BY id", (account,))
+        return [ModeChange(*r) for r in rows]
+
+    # tokens and certificates ------------------------------------------------------
+
+    async def add_token(self, token_hash: str, record: TokenRecord, at: int) -> None:
+        """Store a hashed token."""
+        await self._write(lambda c: c.execute(
+            "INSERT INTO tokens (token_hash, kind, account, agent, created_at)"
+            " VALUES (?, ?, ?, ?, ?)", (token_hash, record.kind, record.account, record.agent,
+                                        at)))
+
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        """Look a hashed token up (the hash is the key: no timing on the token itself)."""
+        rows = await self._fetch("SELECT kind, account, agent FROM tokens WHERE token_hash=?",
+                                 (token_hash,))
+        return TokenRecord(*rows[0]) if rows else None
+
+    async def add_agent_certificate(self, row: AgentCertificateRow, at: int) -> None:
+        """Store (or replace) a verified agent certificate."""
+        await self._write(lambda c: c.execute(
+            "INSERT OR REPLACE INTO agent_certificates (account, key_id, agent, certificate,"
+            " created_at) VALUES (?, ?, ?, ?, ?)",
+            (row.account, row.key_id, row.agent, json.dumps(row.certificate), at)))
+
+    async def agent_certificates(self, account: str) -> list[AgentCertificateRow]:
+        """The account's agent certificates."""
+        rows = await self._fetch("SELECT account, key_id, agent, certificate FROM"
+                                 " agent_certificates WHERE account=? ORDER BY created_at,"
+                                 " key_id", (account,))
+        return [AgentCertificateRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # engagements ----------------------------------------------------------------
+
+    async def upsert_engagements(self, records: Sequence[EngagementRecord]) -> None:
+        """Write engagement records (group-committed)."""
+        cols = ", ".join(_HUB_FIELDS)
+        marks = ", ".join("?" for _ in _HUB_FIELDS)
+        sets = ", ".join(f"{f}=excluded.{f}" for f in _HUB_FIELDS if f != "engagement")
+        rows = [tuple(getattr(r, f) for f in _HUB_FIELDS) for r in records]
+        await self._write(lambda c: c.executemany(
+            f"INSERT INTO engagements ({cols}) VALUES ({marks})"
+            f" ON CONFLICT(engagement) DO UPDATE SET {sets}", rows))
+
+    async def list_engagements(self, account: str, limit: int = 1000) -> list[EngagementRecord]:
+        """The account's records, newest first, with the link's receipts and erasures."""
+        cols = ", ".join(f"e.{f}" for f in _ENG_FIELDS if f != "receipts")
+        rows = await self._fetch(
+            f"SELECT {cols},"
+            " (SELECT coalesce(sum(r.envelopes), 0) FROM engagement_receipts r"
+            "  WHERE r.account=e.account AND r.engagement=e.engagement),"
+            " (SELECT count(*) FROM engagement_rejections j"
+            "  WHERE j.account=e.account AND j.engagement=e.engagement),"
+            " x.erased_at, x.rule,"
+            " (SELECT group_concat(r.receipt_hash, ',') FROM engagement_receipts r"
+            "  WHERE r.account=e.account AND r.engagement=e.engagement)"
+            " FROM engagements e LEFT JOIN engagement_erasures x"
+            "  ON x.account=e.account AND x.engagement=e.engagement"
+            " WHERE e.account=? ORDER BY e.started_at DESC, e.engagement LIMIT ?",
+            (account, limit))
+        names = [f for f in _ENG_FIELDS if f != "receipts"]
+        out = []
+        for r in rows:
+            base = dict(zip(names, r[:len(names)], strict=True))
+            receipts, rejected, erased_at, rule, hashes = r[len(names):]
+            out.append(EngagementRecord(
+                **base, receipts=int(receipts), rejected=int(rejected), erased_at=erased_at,
+                erasure_rule=rule,
+                receipt_hashes=tuple(sorted(hashes.split(","))) if hashes else ()))
+        return out
+
+    async def add_receipts(self, account: str, engagement: str, count: int) -> None:
+        """Count receipted envelopes on an engagement record (without a receipt hash)."""
+        await self._write(lambda c: c.execute(
+            "INSERT INTO engagement_receipts (account, engagement, receipt_hash, envelopes, at)"
+            " VALUES (?, ?, '', ?, 0) ON CONFLICT(account, engagement, receipt_hash)"
+            " DO UPDATE SET envelopes = envelopes + excluded.envelopes",
+            (account, engagement, count)))
+
+    # outbox -------------------------------------------------------------------
+
+    async def append_outbox(self, entries: Sequence[OutboxEntry]) -> list[int]:
+        """Append envelopes; return their outbox sequences once committed."""
+        result: list[int] = await self._write(lambda c: insert_outbox(c, entries))
+        return result
+
+    async def read_outbox(self, account: str, after_seq: int, limit: int) -> list[OutboxEntry]:
+        """The backlog in order, entries with ``seq > after_seq``."""
+        rows = await self._fetch(
+            "SELECT account, seq, envelope_id, engagement, envelope_hash, data, created_at"
+            " FROM outbox WHERE account=? AND seq>? ORDER BY seq LIMIT ?",
+            (account, after_seq, limit))
+        return [OutboxEntry(*r) for r in rows]
+
+    async def delete_outbox(self, account: str, envelope_id: str, envelope_hash: str) -> bool:
+        """Delete one acknowledged entry; False when nothing matched."""
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute("DELETE FROM outbox WHERE account=? AND envelope_id=?"
+                                     " AND envelope_hash=?", (account, envelope_id,
+                                                              envelope_hash))
+            return cur.rowcount == 1
+        return bool(await self._write(op))
+
+    async def outbox_stats(self, account: str | None = None) -> OutboxStats:
+        """Backlog of one account or of all."""
+        where, args = ("WHERE account=?", (account,)) if account else ("", ())
+        rows = await self._fetch("SELECT count(*), coalesce(sum(length(data)), 0),"
+                                 f" min(created_at) FROM outbox {where}", args)
+        return OutboxStats(int(rows[0][0]), int(rows[0][1]), rows[0][2])
+
+    async def expire_outbox(self, cutoff: int) -> int:
+        """Drop entries created before ``cutoff``; return how many."""
+        async def op(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute("DELETE FROM outbox WHERE created_at < ?", (cutoff,))
+            return cur.rowcount
+        return int(await self._write(op))
+
+    # standard-mode transcripts -------------------------------------------------------
+
+    async def add_data_key(self, row: DataKeyRow, at: int) -> None:
+        """Store a new active data key; older ones become inactive."""
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE data_keys SET active=0 WHERE account=?", (row.account,))
+            await conn.execute("INSERT INTO data_keys (account, key_id, wrapped, created_at,"
+                               " active) VALUES (?, ?, ?, ?, 1)",
+                               (row.account, row.key_id, row.wrapped, at))
+        await self._write(op)
+
+    async def data_keys(self, account: str) -> list[DataKeyRow]:
+        """Every data key of an account, active first."""
+        rows = await self._fetch("SELECT account, key_id, wrapped, active FROM data_keys"
+                                 " WHERE account=? ORDER BY active DESC, created_at DESC",
+                                 (account,))
+        return [DataKeyRow(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    async def replace_wrapped_keys(self, rows: Sequence[DataKeyRow]) -> None:
+        """Rewrite wrapped data keys (master key rotation), all in one transaction."""
+        args = [(r.wrapped, r.account, r.key_id) for r in rows]
+        await self._write(lambda c: c.executemany(
+            "UPDATE data_keys SET wrapped=? WHERE account=? AND key_id=?", args))
+
+    async def append_transcript(self, rows: Sequence[TranscriptRow]) -> None:
+        """Append encrypted transcript items (group-committed)."""
+        args = [(r.account, r.engagement, r.key_id, r.sealed, r.created_at) for r in rows]
+        await self._write(lambda c: c.executemany(
+            "INSERT INTO transcripts (account, engagement, key_id, sealed, created_at)"
+            " VALUES (?, ?, ?, ?, ?)", args))
+
+    async def read_transcript(self, account: str, engagement: str) -> list[TranscriptRow]:
+        """An engagement's items in order."""
+        rows = await self._fetch("SELECT account, engagement, key_id, sealed, created_at"
+                                 " FROM transcripts WHERE account=? AND engagement=?"
+                                 " ORDER BY id", (account, engagement))
+        return [TranscriptRow(*r) for r in rows]
+
+    async def delete_transcripts(self, account: str, *, engagement: str | None = None,
+                                 before: int | None = None) -> int:
+        """Delete by engagement and/or age; return rows deleted."""
+        sql = "DELETE FROM transcripts WHERE account=?"
+        args: list[Any] = [account]
+        if engagement is not None:
+            sql, args = sql + " AND engagement=?", [*args, engagement]
+        if before is not None:
+            sql, args = sql + " AND created_at<?", [*args, before]
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(sql, args)
+            return cur.rowcount
+        return int(await self._write(op))
+
+    async def checkpoint(self) -> None:
+        """Fold the WAL into the main file (after deletes, so no old pages linger)."""
+        await self._write(lambda c: c.execute("SELECT 1"))
+        assert self._writer is not None
+        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a schema file into statements (the files hold no semicolons inside strings)."""
+    lines = [ln.split("--", 1)[0] for ln in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,35 @@
+"""The retention sweeper: deletes standard-mode transcripts past their account's age.
+``now`` is an argument, so tests run it with an injected clock.
+
+The outbox is never swept: its entries were acknowledged to their senders, and
+dropping them would lose data the relay promised to deliver. Its age and size bounds
+instead refuse new compliance-mode engagements (backpressure, see relay.chat).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .logs import log_event
+from .state import RelayState
+
+__all__ = ["retention_cutoff", "sweep_once"]
+
+
+def retention_cutoff(now: float, retention_days: int) -> int:
+    """Items created before this unix time are past retention."""
+    return int(now) - retention_days * 86400
+
+
+async def sweep_once(st: RelayState, *, now: float) -> int:
+    """One sweep over every account; return transcript items deleted."""
+    deleted = 0
+    for acct in await st.store.list_accounts():
+        deleted += await st.store.delete_transcripts(
+            acct.account, before=retention_cutoff(now, acct.retention_days))
+    if deleted:
+        await st.store.checkpoint()
+    st.metrics.sweeper_runs.inc()
+    st.metrics.transcripts_swept.inc(deleted)
+    log_event(st.logger, logging.INFO, "sweeper.run", deleted=deleted)
+    return deleted

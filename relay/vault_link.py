@@ -1,0 +1,297 @@
+"""``GET /v1/vault/link``: the relay's side of the vault link (protocol: envelope/link.py).
+
+The vault dials in, answers a challenge bound to this relay's ``public_origin`` with
+its identity key, and then receives its account's outbox in order, at most
+``link_window`` frames unacknowledged. What each check stops:
+
+    check                                         attack it stops
+    nonce fresh per connection, origin signed     replaying an old auth; a challenge
+                                                  relayed from another relay (MITM)
+    identity key == the account's paired key      a stranger's vault draining an outbox
+    auth within link_auth_timeout_seconds         idle half-open sockets holding slots
+    account fixed at auth; every read, delete     a link for account A touching B's
+      and receipt check scoped to it              outbox (tenant isolation)
+    receipt signed by the PAIRED key, for this    forged receipts deleting undelivered
+      account, matched on (engagement, id, hash)  envelopes (silent data loss)
+    a deleted row cannot be deleted again         replayed receipts
+    one link per account (newer supersedes)       two consumers racing on one outbox
+
+A refused receipt deletes nothing and closes the link (``link.bad_receipt``); the
+vault reconnects and everything unacknowledged is delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import nacl.utils
+from aiohttp import WSMsgType, web
+
+from envelope import (
+    EnvelopeError,
+    b64e,
+    canonical_json,
+    encode_outbox_frame,
+    receipt_hash,
+    verify_erasure_notice,
+    verify_link_auth,
+    verify_receipt,
+)
+from envelope.limits import ACCOUNT_PATTERN, MAX_ENVELOPE_BYTES
+from envelope.link import CLOSE_CODES, REJECT_CODE_PATTERN
+
+from .logs import log_event
+from .state import STATE, RelayState
+
+__all__ = ["KNOWN_REJECT_CODES", "VaultLinkSession", "vault_link_socket"]
+
+#: Reject codes counted under their own metric label; any other code is "other"
+#: (a label set the vault could grow at will would be unbounded).
+KNOWN_REJECT_CODES = frozenset({
+    "envelope.undecryptable", "envelope.malformed", "envelope.wrong_account",
+    "envelope.limit_exceeded", "vault.not_recipient", "vault.bad_body",
+    "vault.role_not_allowed", "vault.visitor_key_mismatch", "vault.agent_not_certified",
+    "vault.envelope_id_conflict", "vault.sequence_reused", "vault.bad_frame"})
+_CONTROL_MAX = 512 * 1024  # a full receipt of MAX_RECEIPT_ITEMS items fits well inside
+
+
+class _LinkClosed(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class VaultLinkSession:
+    """One authenticated link: streams the outbox, applies receipts and rejects."""
+
+    def __init__(self, st: RelayState, ws: web.WebSocketResponse, account: str,
+                 identity_key: bytes) -> None:
+        self.st, self.ws, self.account, self.identity_key = st, ws, account, identity_key
+        self.window = max(1, st.config.link_window)
+        # seq -> monotonic send time: the frames the vault still owes a receipt for.
+        self.in_flight: dict[int, float] = {}
+        self.last_sent = 0
+        self.lock = asyncio.Lock()
+
+    async def close(self, code: str, message: str) -> None:
+        """Send the error frame and close with the stable code as reason."""
+        await _close(self.ws, code, message)
+
+    async def stream(self) -> None:
+        """Send outbox entries in order while the window has room; sleep until woken."""
+        try:
+            await self._stream()
+        except (ConnectionError, RuntimeError):
+            return
+        except Exception:
+            # A store error must not leave a silent link: close it, the vault reconnects
+            # and everything unacknowledged is sent again.
+            log_event(self.st.logger, logging.ERROR, "link.sender_failed", account=self.account)
+            await self.close("going-away", "relay error; reconnect")
+
+    async def _stream(self) -> None:
+        wake = self.st.links.event(self.account)
+        while not self.ws.closed:
+            wake.clear()
+            room = self.window - len(self.in_flight)
+            if room > 0:
+                entries = await self.st.store.read_outbox(self.account, self.last_sent, room)
+                for entry in entries:
+                    self.in_flight[entry.seq] = time.monotonic()
+                    self.last_sent = entry.seq
+                    async with self.lock:
+                        await self.ws.send_bytes(encode_outbox_frame(entry.seq, entry.data))
+                    self.st.metrics.link_frames_sent.inc()
+                if entries:
+                    continue
+            # Woken by a new entry (chat, offload) or a receipt freeing the window; the
+            # timeout is a backstop only.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), 1.0)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        async with self.lock:
+            await self.ws.send_json(frame)
+
+    async def on_ack(self, frame: dict[str, Any]) -> None:
+        """Verify a batched receipt under the paired key; delete only what matches."""
+        st = self.st
+        try:
+            items = verify_receipt(frame.get("receipt"), self.identity_key, account=self.account)
+            digest = receipt_hash(frame["receipt"])
+        except EnvelopeError:
+            st.metrics.link_receipts.labels("invalid").inc()
+            raise _LinkClosed("link.bad_receipt") from None
+        now = st.clock()
+        outcome = await st.store.apply_receipt(
+            self.account, digest, [(i.engagement, i.envelope_id, i.envelope_hash) for i in items],
+            int(now))
+        mono = time.monotonic()
+        for seq, created_at in outcome.deleted:
+            sent = self.in_flight.pop(seq, None)
+            if sent is not None:
+                st.metrics.link_ack_latency.observe(mono - sent)
+            st.metrics.link_delivery_latency.observe(max(0.0, now - created_at))
+        st.metrics.link_receipts.labels("applied" if outcome.deleted else "matched_nothing").inc()
+        st.metrics.link_deleted.inc(len(outcome.deleted))
+        if outcome.offloaded and st.offload is not None:
+            await st.offload.purged(self.account, outcome.offloaded)
+        backlog = (await st.store.outbox_stats(self.account)).entries
+        await self._send({"type": "acked", "deleted": len(outcome.deleted), "backlog": backlog})
+        st.links.wake(self.account)
+
+    async def on_reject(self, frame: dict[str, Any]) -> None:
+        """The vault refused an entry it was sent: drop it for good and count it."""
+        seq, code = frame.get("seq"), frame.get("code")
+        if type(seq) is not int or not isinstance(code, str) \
+                or not REJECT_CODE_PATTERN.fullmatch(code):
+            raise _LinkClosed("link.bad_receipt")
+        dropped = None
+        # Only a frame sent on this link and not yet receipted can be refused: the vault
+        # cannot name entries it never saw.
+        if self.in_flight.pop(seq, None) is not None:
+            dropped = await self.st.store.reject_outbox(self.account, seq, code,
+                                                        int(self.st.clock()))
+        if dropped is not None:
+            self.st.metrics.link_rejected.labels(
+                code if code in KNOWN_REJECT_CODES else "other").inc()
+            log_event(self.st.logger, logging.WARNING, "link.entry_rejected",
+                      account=self.account, engagement=dropped, code=code)
+            if self.st.offload is not None:
+                await self.st.offload.refresh_metrics()
+        await self._send({"type": "rejected", "seq": seq, "dropped": int(dropped is not None)})
+        self.st.links.wake(self.account)
+
+    async def on_erasure(self, frame: dict[str, Any]) -> None:
+        """Record a verified erasure notice on the engagement records."""
+        wire = frame.get("notice")
+        try:
+            notice = verify_erasure_notice(wire, self.identity_key, account=self.account)
+        except EnvelopeError:
+            raise _LinkClosed("link.bad_receipt") from None
+        digest = hashlib.blake2b(canonical_json(wire), digest_size=32,
+                                 person=b"cr-erasure-v1").hexdigest()
+        n = await self.st.store.record_erasure(self.account, digest, notice.engagements,
+                                               notice.rule, notice.at)
+        await self._send({"type": "erasure-recorded", "engagements": n})
+
+    async def serve(self) -> None:
+        """Read control frames until the socket closes."""
+        handlers = {"ack": self.on_ack, "reject": self.on_reject, "erasure": self.on_erasure}
+        while True:
+            msg = await self.ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            if msg.type != WSMsgType.TEXT or len(msg.data) > _CONTROL_MAX:
+                raise _LinkClosed("link.bad_frame")
+            try:
+                frame = json.loads(msg.data)
+            except (ValueError, RecursionError):
+                raise _LinkClosed("link.bad_frame") from None
+            if not isinstance(frame, dict):
+                raise _LinkClosed("link.bad_frame")
+            kind = frame.get("type")
+            if kind == "ping":
+                await self._send({"type": "pong"})
+            elif isinstance(kind, str) and kind in handlers:
+                await handlers[kind](frame)
+            else:
+                raise _LinkClosed("link.bad_frame")
+
+
+async def _close(ws: web.WebSocketResponse, code: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        if not ws.closed:
+            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.close(code=CLOSE_CODES.get(code, 4400), message=code.encode())
+
+
+_MESSAGES = {
+    "link.bad_frame": "unparseable or unknown frame",
+    "link.auth_failed": "link authentication failed",
+    "link.not_paired": "the account has no paired vault",
+    "link.auth_timeout": "no auth frame in time",
+    "link.superseded": "a newer link for the account took over",
+    "link.bad_receipt": "receipt, reject or notice does not verify",
+    "going-away": "relay shutting down",
+}
+
+
+async def _authenticate(st: RelayState, ws: web.WebSocketResponse) -> tuple[str, bytes]:
+    nonce = nacl.utils.random(32)
+    origin = st.config.public_origin
+    await ws.send_json({"type": "challenge", "v": 1, "nonce": b64e(nonce), "origin": origin})
+    try:
+        msg = await ws.receive(timeout=st.config.link_auth_timeout_seconds)
+    except TimeoutError:
+        raise _LinkClosed("link.auth_timeout") from None
+    if msg.type != WSMsgType.TEXT or len(msg.data) > 4096:
+        raise _LinkClosed("link.bad_frame")
+    try:
+        frame = json.loads(msg.data)
+    except (ValueError, RecursionError):
+        raise _LinkClosed("link.bad_frame") from None
+    account = frame.get("account") if isinstance(frame, dict) else None
+    if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account):
+        raise _LinkClosed("link.bad_frame")
+    acct = await st.store.get_account(account)
+    if acct is None or acct.identity_key is None:
+        raise _LinkClosed("link.not_paired")
+    try:
+        verify_link_auth(frame, acct.identity_key, account=account, nonce=nonce, origin=origin)
+    except EnvelopeError:
+        raise _LinkClosed("link.auth_failed") from None
+    return account, acct.identity_key
+
+
+async def vault_link_socket(request: web.Request) -> web.WebSocketResponse:
+    """``GET /v1/vault/link``: authenticate a vault, then run its session."""
+    st = request.app[STATE]
+    ws = web.WebSocketResponse(max_msg_size=max(_CONTROL_MAX, MAX_ENVELOPE_BYTES) + 64,
+                               heartbeat=st.config.heartbeat_seconds)
+    await ws.prepare(request)
+    session: VaultLinkSession | None = None
+    sender: asyncio.Task[None] | None = None
+    outcome = "closed"
+    st.metrics.vault_links.labels("authenticating").inc()
+    try:
+        if st.hub is None or st.hub.closing:
+            raise _LinkClosed("going-away")
+        account, identity_key = await _authenticate(st, ws)
+        session = VaultLinkSession(st, ws, account, identity_key)
+        previous = st.links.claim(account, session)
+        if previous is not None:
+            await previous.close("link.superseded", _MESSAGES["link.superseded"])
+        st.metrics.vault_links.labels("authenticating").dec()
+        st.metrics.vault_links.labels("ready").inc()
+        backlog = (await st.store.outbox_stats(account)).entries
+        await ws.send_json({"type": "ready", "backlog": backlog, "window": session.window})
+        log_event(st.logger, logging.INFO, "link.ready", account=account, backlog=backlog)
+        sender = asyncio.create_task(session.stream())
+        await session.serve()
+    except _LinkClosed as exc:
+        outcome = exc.code
+        await _close(ws, exc.code, _MESSAGES.get(exc.code, "refused"))
+    except (ConnectionError, RuntimeError):
+        outcome = "connection_lost"
+    finally:
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+        if session is not None:
+            st.links.release(session.account, session)
+            st.metrics.vault_links.labels("ready").dec()
+            log_event(st.logger, logging.INFO, "link.closed", account=session.account,
+                      outcome=outcome)
+        else:
+            st.metrics.vault_links.labels("authenticating").dec()
+        st.metrics.link_sessions.labels(outcome if outcome in _MESSAGES or outcome in (
+            "closed", "connection_lost") else "other").inc()
+    return ws

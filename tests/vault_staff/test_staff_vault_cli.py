@@ -1,0 +1,115 @@
+"""The staff subcommands of `controller-vault` in real subprocesses on a real vault:
+tokens, transcripts, export with progress, erasure and the retention dry run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import jsonschema
+import pytest
+
+from controller_vault.ingest import Ingestor
+from controller_vault.keyfiles import init_vault
+from controller_vault.keystore import KeyStore
+from controller_vault.store import VaultStore
+from envelope import PartyKeys, encode_body, seal
+
+SCHEMA = json.loads((pathlib.Path(__file__).resolve().parents[2] / "docs"
+                     / "export-bundle.schema.json").read_text())
+pytestmark = pytest.mark.timeout(120)
+DAY = 86_400
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "controller_vault", *args],
+                          capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def _populate(state: pathlib.Path) -> None:
+    keys = init_vault(state, "clinic", now=int(time.time()))
+
+    async def run() -> None:
+        store = await VaultStore.open(state / "vault.db", "clinic")
+        keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+        ingestor = Ingestor(keys, store, keystore)
+        now = int(time.time())
+        for n, (email, age_days) in enumerate([("ann@example.org", 400), ("ann@example.org", 1),
+                                               ("ann@example.org", 2), ("ben@example.org", 1)]):
+            visitor = PartyKeys.generate()
+            eng = f"eng-cli-{n:04d}"
+            frames = [seal(encode_body(kind, body), sender=visitor, role="visitor",
+                           account="clinic", engagement=eng, sequence=i + 1, kind=kind,
+                           recipients=[keys.current_key.public_bytes])
+                      for i, (kind, body) in enumerate([
+                          ("prechat", {"email": email}),
+                          ("consent", {"text_version": "v1", "answer": "granted"}),
+                          ("message", {"text": f"text of {eng}"})])]
+            result = await ingestor.ingest(frames, now - age_days * DAY)
+            assert result.stored == 3
+        await store.close()
+        await keystore.close()
+
+    asyncio.run(run())
+
+
+def test_staff_cli_end_to_end(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "vault"
+    _populate(state)
+    where = ("--state-dir", str(state))
+    made = _cli("token", "create", *where, "--actor", "dpo", "--scope", "read",
+                "--scope", "export")
+    token = made.stdout.strip()
+    assert token.startswith("crst1.") and "read" in made.stderr
+    token_id = token.split(".")[1]
+    assert token not in (state / "staff.db").read_bytes().decode("latin-1")
+    listed = _cli("token", "list", *where).stdout
+    assert token_id in listed and "live" in listed and token not in listed
+    assert "revoked" in _cli("token", "revoke", *where, token_id).stdout
+    assert "revoked" in _cli("token", "list", *where).stdout
+    assert _cli("token", "revoke", *where, token_id, check=False).returncode == 1
+
+    out = _cli("transcripts", "list", *where).stdout
+    assert out.count("eng-cli-") == 4 and "incomplete" in out
+    shown = json.loads(_cli("transcripts", "show", *where, "eng-cli-0003",
+                            "--purpose", "complaint 7").stdout)
+    assert shown["messages"][0]["text"] == "text of eng-cli-0003"
+    html = _cli("transcripts", "show", *where, "eng-cli-0003", "--purpose", "p", "--html")
+    assert html.stdout.startswith("<!DOCTYPE html>")
+
+    out_file = tmp_path / "ann.json"
+    exported = _cli("export", *where, "--subject-email", "ANN@example.org",
+                    "--out", str(out_file))
+    assert "3/3 engagements" in exported.stderr and "export [" in exported.stderr
+    bundle = json.loads(out_file.read_text())
+    jsonschema.validate(bundle, SCHEMA)
+    assert sorted(e["engagement_id"] for e in bundle["engagements"]) == [
+        "eng-cli-0000", "eng-cli-0001", "eng-cli-0002"]
+    assert "ben@example.org" not in out_file.read_text()
+    assert out_file.stat().st_mode & 0o777 == 0o600
+
+    dry = _cli("retention", *where, "--dry-run").stdout
+    assert "0 engagement(s) affected" in dry  # no [retention] configured: nothing goes
+    config = tmp_path / "vault.toml"
+    config.write_text(f'[vault]\naccount = "clinic"\nstate_dir = "{state}"\n'
+                      "[retention]\ntranscripts_days = 365\nprechat_days = 365\n")
+    dry = _cli("retention", "--config", str(config), "--dry-run").stdout
+    assert "eng-cli-0000" in dry and "1 engagement(s) affected, 1 erased whole" in dry
+    assert "eng-cli-0000" in _cli("transcripts", "list", *where).stdout  # dry run kept it
+
+    erased = json.loads(_cli("erase", *where, "--subject-email", "ann@example.org").stdout)
+    assert len(erased["engagements"]) == 3 and erased["receipts"]
+    erased = json.loads(_cli("erase", *where, "--engagement", "eng-cli-0003").stdout)
+    assert erased["engagements"] == ["eng-cli-0003"]
+    assert "eng-cli-" not in _cli("transcripts", "list", *where).stdout
+    missing = _cli("erase", *where, "--engagement", "eng-nothing", check=False)
+    assert missing.returncode == 1 and "engagement.not_found" in missing.stderr
+    assert "audit log verifies" in _cli("audit", "verify", *where).stdout
