@@ -35,6 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 NOW = 1_800_000_000
 KEPT, ERASED = "eng-00000001", "eng-00000002"
 EMAIL = "visitor@example.org"
+RELAY_PIN = bytes(range(1, 33))
 
 
 def _schema_files(prefix: str) -> list[tuple[int, str]]:
@@ -131,6 +132,23 @@ def _populate_vault_v1(db: sqlite3.Connection, w: World, data_key: bytes) -> Non
     (w.state / CHECKPOINT_FILE).write_text(json.dumps({"body": body, "sig": sig}) + "\n")
 
 
+def _populate_vault_v2(db: sqlite3.Connection, w: World, data_key: bytes) -> None:
+    """vault-002.sql: v1 rows plus the signed erasure notice of the erased engagement,
+    still pending at the relay, and an older one already recorded."""
+    _populate_vault_v1(db, w, data_key)
+    for n, recorded in ((1, NOW + 3), (2, None)):
+        db.execute("INSERT INTO erasure_notices (notice, created_at, recorded_at) "
+                   "VALUES (?, ?, ?)",
+                   (json.dumps({"body": f"notice-{n}-for-{ERASED}", "sig": "sig"}), NOW + n,
+                    recorded))
+
+
+def _populate_vault_v3(db: sqlite3.Connection, w: World, data_key: bytes) -> None:
+    """vault-003.sql: v2 rows plus the relay signing key pinned at pairing."""
+    _populate_vault_v2(db, w, data_key)
+    db.execute("INSERT INTO relay_signing_key VALUES (1, ?, 'pair', ?)", (RELAY_PIN, NOW))
+
+
 def _populate_keys_v1(db: sqlite3.Connection, w: World, data_key: bytes) -> None:
     """keys-001.sql: the kept engagement's wrapped key; the erased one's was deleted."""
     nonce, wrapped = wrap_data_key(w.keys.master_key, KEPT, data_key)
@@ -140,6 +158,8 @@ def _populate_keys_v1(db: sqlite3.Connection, w: World, data_key: bytes) -> None
 Populate = Callable[[sqlite3.Connection, World, bytes], None]
 POPULATE: dict[tuple[str, int], Populate] = {
     ("vault", 1): _populate_vault_v1,
+    ("vault", 2): _populate_vault_v2,
+    ("vault", 3): _populate_vault_v3,
     ("keys", 1): _populate_keys_v1,
 }
 STEPS = [(prefix, n) for prefix in ("vault", "keys") for n, _ in _schema_files(prefix)]
@@ -183,6 +203,13 @@ async def test_upgrade_from_each_version_keeps_populated_data(tmp_path, prefix, 
         assert await store.engagements_for_token(token) == [KEPT]
         assert "agent-1" in {c.agent for c in (await store.certified_keys()).values()}
         assert await verify_audit(store, w.state) == []
+        if prefix == "vault" and start >= 2:  # a pending notice is still sent after upgrade
+            assert [n.notice["body"] for n in await store.pending_notices()] == \
+                [f"notice-2-for-{ERASED}"]
+            assert await store.notice_counts() == (1, 1)
+        if prefix == "vault" and start >= 3:  # the pin survives: no silent re-trust
+            pin = await store.relay_pin()
+            assert pin is not None and pin.public_key == RELAY_PIN and pin.source == "pair"
         # Writes still work and the tombstone still holds: a redelivered envelope of the
         # erased engagement is acknowledged but not stored, a new engagement is.
         ingestor = Ingestor(w.keys, store, keystore, on_anomaly=lambda kind, code: None)
