@@ -20,8 +20,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy envelope relay controller_vault
 
+# A private base temp dir per run: pytest keeps only the newest three runs under the
+# shared default, so concurrent runs on one machine would delete each other's files.
 pytest: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --basetemp="$$(mktemp -d /tmp/cr-pytest.XXXXXX)"
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -54,6 +54,13 @@ async def open_database(path: str | os.PathLike[str], schema: str, *,
         for number, sql in _schema_files(schema):
             if number > version:
                 await db.execute("BEGIN IMMEDIATE")
+                # Read the version again under the write lock: another process opening
+                # the same file (serve and a CLI command) may have applied it meanwhile.
+                async with db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                if row and int(row[0]) >= number:
+                    await db.execute("COMMIT")
+                    continue
                 for statement in _split_sql(sql):
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import os
 import pathlib
 import shutil
@@ -16,7 +15,12 @@ import sys
 
 import pytest
 
-from controller_vault.backup import BackupError, restore_backup, take_backup
+from controller_vault.backup import (
+    BackupError,
+    latest_schema_version,
+    restore_backup,
+    take_backup,
+)
 from controller_vault.erasure import erase_engagements, read_engagement
 from controller_vault.errors import DataKeyDestroyed
 from controller_vault.keyfiles import init_vault, load_vault_keys
@@ -67,10 +71,10 @@ async def test_cli_backup_of_a_running_vault_restores_into_a_fresh_state(
     assert "SHORTER" in proc.stdout
     manifest = json.loads((dest / "manifest.json").read_text())
     assert set(manifest["parts"]) == {"data", "keys"} and manifest["account"] == "clinic"
-    with sqlite3.connect(vault.state / "vault.db") as live:
-        current = live.execute("PRAGMA user_version").fetchone()[0]
-    assert manifest["parts"]["data"]["files"]["vault.db"]["schema_version"] == current >= 1
-    assert manifest["parts"]["keys"]["files"]["keys.db"]["schema_version"] == 1
+    assert manifest["parts"]["data"]["files"]["vault.db"]["schema_version"] == \
+        latest_schema_version("vault")
+    assert manifest["parts"]["keys"]["files"]["keys.db"]["schema_version"] == \
+        latest_schema_version("keys")
     assert not (dest / "keys" / "vault.db").exists() and not (dest / "data" / "keys.db").exists()
     assert not list(dest.rglob("*.key")), "no secret file may be in a backup"
     for path in dest.rglob("*"):
