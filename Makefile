@@ -23,7 +23,8 @@ typecheck: $(STAMP)
 # A private base temp dir per run: pytest keeps only the newest three runs under the
 # shared default, so concurrent runs on one machine would delete each other's files.
 pytest: $(STAMP)
-	$(VENV)/bin/pytest --basetemp="$$(mktemp -d /tmp/cr-pytest.XXXXXX)"
+	d=$$(mktemp -d /tmp/cr-pytest.XXXXXX); $(VENV)/bin/pytest --basetemp="$$d"; rc=$$?; \
+	rm -rf "$$d"; exit $$rc
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
