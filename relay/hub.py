@@ -123,9 +123,13 @@ class ChatHub:
     async def close_all(self) -> None:
         """Graceful shutdown: every socket closed with going-away (clients resume later)."""
         self.closing = True
-        for conn in list(self.conns.values()):
+
+        async def close(conn: Conn) -> None:
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"going-away")
+        # Concurrently: each close may wait for the client's echo, one slow client at a
+        # time would add up to an unbounded shutdown.
+        await asyncio.gather(*(close(c) for c in list(self.conns.values())))
         await self.persist_records()
 
 
