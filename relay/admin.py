@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from typing import Any
 
@@ -28,6 +29,7 @@ from envelope import (
 from envelope.limits import ACCOUNT_PATTERN, AGENT_PATTERN, ENGAGEMENT_PATTERN
 
 from .errors import BadRequest, Conflict, Forbidden, NotFound, RelayError, TooLarge, Unauthorized
+from .logs import log_event
 from .records import record_of_processing, records_csv
 from .state import STATE, RelayState
 from .store import Account, AgentCertificateRow, TokenRecord
@@ -78,6 +80,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPRequestEntityTooLarge:
         st.metrics.http_refused.labels("request.too_large").inc()
         return _json_error("request.too_large", "request body too large", 413)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        # A stable 500 instead of aiohttp's error page and its "Error handling request
+        # from <peer>" traceback; only the exception type is logged (its text may quote
+        # input).
+        st.metrics.http_refused.labels("internal.error").inc()
+        log_event(st.logger, logging.ERROR, "http.internal_error", exc_type=type(exc).__name__)
+        return _json_error("internal.error", "internal error", 500)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
@@ -27,10 +28,11 @@ from envelope import (
 
 from .admin import hash_token
 from .hub import ChatHub, refuse
+from .logs import log_event
 from .protocol import ProtocolError, parse_text_frame
 from .routing import Engagement, Router, RoutingError
 from .state import STATE, RelayState
-from .store import Account, OutboxEntry
+from .store import Account, DuplicateEnvelope, OutboxEntry
 
 __all__ = ["agent_socket", "visitor_socket"]
 
@@ -142,8 +144,14 @@ async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement,
             raise _Refused("outbox.full", "the account's outbox is full; try later")
         header = check_shape(payload, account=acct.account,
                              vault_key_id=acct.vault_key_id or "")
-        await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
-                                                  envelope_hash(payload), payload, now)])
+        try:
+            await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id,
+                                                      eng.id, envelope_hash(payload), payload,
+                                                      now)])
+        except DuplicateEnvelope:
+            # A fresh sequence number on a stored envelope id: a replay (or splice) of an
+            # envelope the vault already has coming; refused before it is forwarded.
+            raise _Refused("envelope.replayed", "envelope id already used") from None
         hub.outbox_bytes += len(payload)
         st.links.wake(acct.account)
     else:
@@ -179,11 +187,11 @@ def _envelope_for(acct: Account, data: bytes, role: str, sender_kid: str | None)
 async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
     """``GET /v1/chat/visitor/{account}``: one visitor, one engagement."""
     st, hub, ws = await _prepare(request)
-    acct = await st.store.get_account(request.match_info["account"])
     ids: dict[str, Any] = {"role": "visitor"}
     conn = None
     eng: Engagement | None = None
     try:
+        acct = await st.store.get_account(request.match_info["account"])
         if hub.closing:
             raise _Refused("going-away", "relay shutting down")
         if not hub.rate.allow(_client_address(st, request), st.clock()):
@@ -260,11 +268,23 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_json({"type": "pong"})
     except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
         await refuse(st, ws, exc.code, _message_of(exc), **ids)
+    except Exception as exc:
+        await _internal_error(st, ws, exc, ids)
     finally:
         if conn is not None:
             hub.router.visitor_left(conn.id, st.clock())
             hub.drop_conn(conn)
     return ws
+
+
+async def _internal_error(st: RelayState, ws: web.WebSocketResponse, exc: Exception,
+                          ids: dict[str, Any]) -> None:
+    # Anything unexpected still ends in a stable close: no 1006, no aiohttp traceback
+    # naming the peer address, and nothing of the input (the exception text may quote
+    # it) in the log line or the error frame: only the exception's type.
+    log_event(st.logger, logging.ERROR, "chat.internal_error", exc_type=type(exc).__name__,
+              **ids)
+    await refuse(st, ws, "internal.error", "internal error", **ids)
 
 
 def _message_of(exc: Exception) -> str:
@@ -358,6 +378,8 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                     await hub.persist_records()
     except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
         await refuse(st, ws, exc.code, _message_of(exc), **ids)
+    except Exception as exc:
+        await _internal_error(st, ws, exc, ids)
     finally:
         if conn is not None:
             hub.router.agent_left(conn.id, st.clock())

@@ -51,6 +51,7 @@ Close codes (the reason is the stable code):
 
     1000  normal                  engagement ended
     1001  going-away              relay shutting down: reconnect and resume
+    1011  internal.error          an unexpected fault on the relay (nothing echoed)
     4400  frame.malformed, frame.unknown_type, frame.bad_field, frame.not_binary
     4401  auth.bad_token
     4403  origin.forbidden, auth.forbidden
@@ -61,6 +62,7 @@ Close codes (the reason is the stable code):
     4413  frame.too_large
     4422  compliance.plaintext_refused, seq.replayed, seq.out_of_order,
           envelope.* (malformed, wrong_account, missing_vault_recipient, ...),
+          envelope.replayed (an envelope id already in the outbox, whatever its seq),
           sender.mismatch, transfer.unavailable, agent.at_capacity
     4429  rate.limited, account.busy
     4503  outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
@@ -89,7 +91,7 @@ CLOSE_CODES: dict[str, int] = {
     "hello.timeout": 4408, "session.superseded": 4409, "engagement.taken": 4409,
     "mode.changed": 4410, "frame.too_large": 4413, "rate.limited": 4429,
     "account.busy": 4429, "outbox.full": 4503, "outbox.backpressure": 4503,
-    "store.unavailable": 4503,
+    "store.unavailable": 4503, "envelope.replayed": 4422, "internal.error": 1011,
 }
 _MAX_TEXT = 16_384
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -27,6 +28,7 @@ from .store import (
     Account,
     AgentCertificateRow,
     DataKeyRow,
+    DuplicateEnvelope,
     EngagementRecord,
     ModeChange,
     OutboxEntry,
@@ -294,7 +296,12 @@ class SqliteStore(LinkStoreMixin):
 
     async def append_outbox(self, entries: Sequence[OutboxEntry]) -> list[int]:
         """Append envelopes; return their outbox sequences once committed."""
-        result: list[int] = await self._write(lambda c: insert_outbox(c, entries))
+        try:
+            result: list[int] = await self._write(lambda c: insert_outbox(c, entries))
+        except sqlite3.IntegrityError as exc:
+            # outbox_by_envelope is unique per account: the same envelope sent twice is
+            # a replay, refused as such (the failed write was rolled back alone).
+            raise DuplicateEnvelope("envelope id already in the outbox") from exc
         return result
 
     async def read_outbox(self, account: str, after_seq: int, limit: int) -> list[OutboxEntry]:

@@ -19,6 +19,7 @@ __all__ = [
     "Account",
     "AgentCertificateRow",
     "DataKeyRow",
+    "DuplicateEnvelope",
     "EngagementRecord",
     "ModeChange",
     "OutboxEntry",
@@ -28,6 +29,10 @@ __all__ = [
     "TokenRecord",
     "TranscriptRow",
 ]
+
+
+class DuplicateEnvelope(Exception):
+    """An outbox append reused an envelope id already stored for the account (a replay)."""
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from envelope import EncryptionKey, IdentityKey, b64e, sign_vault_key_statement
@@ -91,9 +92,10 @@ class Relay:
         return str(body["token"])
 
 
-async def start_relay(state_dir: pathlib.Path, clock: FakeClock, **overrides: Any
-                      ) -> TestServer:
-    """Start the relay app from ``create_app`` on 127.0.0.1."""
+async def start_relay(state_dir: pathlib.Path, clock: FakeClock,
+                      _prestart: Callable[[web.Application], object] | None = None,
+                      **overrides: Any) -> TestServer:
+    """Start the relay app from ``create_app`` on 127.0.0.1 (``_prestart`` may add to it)."""
     (state_dir).mkdir(parents=True, exist_ok=True)
     token_file = state_dir.parent / "operator_token"
     token_file.write_text(OPERATOR)
@@ -101,8 +103,10 @@ async def start_relay(state_dir: pathlib.Path, clock: FakeClock, **overrides: An
     cfg = load_config(None, env={}, state_dir=str(state_dir),
                       operator_token_file=str(token_file), log_file="relay.log",
                       heartbeat_seconds=5.0, **overrides)
-    server = TestServer(create_app(cfg, clock=clock, env={}), host="127.0.0.1",
-                        access_log_class=NoPersonalDataAccessLogger)
+    app = create_app(cfg, clock=clock, env={})
+    if _prestart is not None:
+        _prestart(app)
+    server = TestServer(app, host="127.0.0.1", access_log_class=NoPersonalDataAccessLogger)
     await server.start_server()
     return server
 

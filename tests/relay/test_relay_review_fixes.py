@@ -1,0 +1,139 @@
+"""Findings of the relay security review, each shown against a real relay on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from envelope import PartyKeys, b64e, encode_body, seal
+
+from .conftest import ORIGIN, FakeClock, Relay, start_relay
+
+pytestmark = pytest.mark.timeout(60)
+
+CANARY_XFF = "198.51.100.77"
+
+
+async def _visitor(relay: Relay, account: str, keys: PartyKeys | None = None,
+                   headers: dict[str, str] | None = None
+                   ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    ws = await relay.session.ws_connect(f"{relay.url}/v1/chat/visitor/{account}",
+                                        headers={"Origin": ORIGIN, **(headers or {})})
+    hello: dict[str, Any] = {"type": "hello"}
+    if keys is not None:
+        hello["keys"] = {"enc": b64e(keys.encryption.public_bytes),
+                         "sig": b64e(keys.signing_public_bytes)}
+    await ws.send_json(hello)
+    return ws, json.loads((await ws.receive(timeout=5)).data)
+
+
+async def _refusal(ws: aiohttp.ClientWebSocketResponse) -> tuple[str, int | None]:
+    code = ""
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            frame = json.loads(msg.data)
+            if frame["type"] == "error":
+                code = frame["code"]
+        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                          aiohttp.WSMsgType.CLOSING):
+            return code, ws.close_code
+
+
+def _refused_count(relay: Relay, code: str) -> float:
+    value = relay.state.metrics.registry.get_sample_value(
+        "relay_frames_refused_total", {"reason": code})
+    return value or 0.0
+
+
+def _logs(relay: Relay, caplog: pytest.LogCaptureFixture) -> str:
+    return caplog.text + (relay.state_dir / "relay.log").read_text()
+
+
+async def test_duplicate_envelope_id_is_refused_as_replayed(
+        relay: Relay, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await relay.account("clinic", compliance=True)
+    _, vault_key = relay.vaults["clinic"]
+    keys = PartyKeys.generate()
+    ws, welcome = await _visitor(relay, "clinic", keys,
+                                 headers={"X-Forwarded-For": CANARY_XFF})
+    eng = welcome["engagement"]
+
+    def envelope(seq: int) -> bytes:
+        return seal(encode_body("message", {"text": "x"}), sender=keys, role="visitor",
+                    account="clinic", engagement=eng, sequence=seq, kind="message",
+                    recipients=[vault_key.public_bytes], envelope_id="A" * 22)
+
+    await ws.send_bytes(envelope(1))
+    while json.loads((await ws.receive(timeout=5)).data)["type"] != "ack":
+        pass
+    before = _refused_count(relay, "envelope.replayed")
+    await ws.send_bytes(envelope(2))  # seq 2 reusing seq 1's envelope id
+    assert await _refusal(ws) == ("envelope.replayed", 4422)
+    assert _refused_count(relay, "envelope.replayed") == before + 1
+    stats = await relay.state.store.outbox_stats("clinic")
+    assert stats.entries == 2  # connection-info + the first message, nothing doubled
+    text = _logs(relay, caplog)
+    assert "127.0.0.1" not in text and CANARY_XFF not in text
+    assert "IntegrityError" not in text and "Error handling request" not in text
+    # The relay keeps serving.
+    ws2, welcome2 = await _visitor(relay, "clinic", PartyKeys.generate())
+    assert welcome2["type"] == "welcome"
+    await ws2.close()
+
+
+@pytest.fixture
+async def faulty_relay(tmp_path: pathlib.Path) -> AsyncIterator[Relay]:
+    """A relay whose outermost middleware fails on /boom and whose store read fails on
+    demand: forced handler errors on both the HTTP and websocket paths."""
+    clock = FakeClock()
+
+    @web.middleware
+    async def boom(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/boom":
+            # The exception text quotes the request, as a careless library might.
+            raise RuntimeError(f"bad {request.remote} {request.headers.get('X-Forwarded-For')}")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    server = await start_relay(tmp_path / "state", clock,
+                               _prestart=lambda app: app.middlewares.insert(0, boom))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Relay(server, session, tmp_path / "state", clock)
+    finally:
+        await server.close()
+
+
+async def test_handler_errors_close_stably_and_log_no_address(
+        faulty_relay: Relay, caplog: pytest.LogCaptureFixture) -> None:
+    relay = faulty_relay
+    caplog.set_level(logging.DEBUG)
+    await relay.account("clinic")
+    # aiohttp's own "Error handling request from <peer>" line, with a traceback.
+    async with relay.session.get(relay.url + "/boom",
+                                 headers={"X-Forwarded-For": CANARY_XFF}) as resp:
+        assert resp.status == 500
+    assert any(r.name == "aiohttp.server" for r in caplog.records)
+    # An unexpected fault inside the visitor socket: the store's reader is gone.
+    reader = relay.state.store._reader
+    relay.state.store._reader = None
+    try:
+        ws = await relay.session.ws_connect(f"{relay.url}/v1/chat/visitor/clinic",
+                                            headers={"Origin": ORIGIN,
+                                                     "X-Forwarded-For": CANARY_XFF})
+        assert await _refusal(ws) == ("internal.error", 1011)
+    finally:
+        relay.state.store._reader = reader
+    assert _refused_count(relay, "internal.error") == 1
+    text = _logs(relay, caplog)
+    assert "127.0.0.1" not in text and CANARY_XFF not in text, text
+    assert "chat.internal_error" in text
