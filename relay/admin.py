@@ -333,6 +333,16 @@ async def list_engagements(request: web.Request) -> web.Response:
     return web.json_response({"engagements": [r.as_json() for r in records]})
 
 
+def _standard_only(acct: Account) -> None:
+    # Once compliance is on, nothing stored before the toggle may be read back (or its
+    # keys changed) through the relay while the offload runs: those transcripts leave
+    # for the vault and are purged here. Stops an admin token (or whoever stole one)
+    # from copying them out of the processor after the controller moved them.
+    if acct.mode == "compliance":
+        raise Conflict("transcripts are not served in compliance mode; the vault has them",
+                       code="mode.compliance")
+
+
 def _engagement(request: web.Request) -> str:
     eng = request.match_info["engagement"]
     if not ENGAGEMENT_PATTERN.fullmatch(eng):
@@ -344,6 +354,7 @@ def _engagement(request: web.Request) -> str:
 async def get_transcript(request: web.Request) -> web.Response:
     """A standard-mode transcript, decrypted for the account admin."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     items = await request.app[STATE].cipher.read(acct.account, _engagement(request))
     return web.json_response({"engagement": request.match_info["engagement"], "items": items})
 
@@ -352,6 +363,7 @@ async def get_transcript(request: web.Request) -> web.Response:
 async def delete_transcript(request: web.Request) -> web.Response:
     """Delete one standard-mode transcript now."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     n = await request.app[STATE].store.delete_transcripts(acct.account,
                                                           engagement=_engagement(request))
     return web.json_response({"deleted": n})
@@ -361,6 +373,7 @@ async def delete_transcript(request: web.Request) -> web.Response:
 async def delete_all_transcripts(request: web.Request) -> web.Response:
     """Delete every standard-mode transcript of the account now."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     return web.json_response({"deleted": await request.app[STATE].store.delete_transcripts(
         acct.account)})
 
@@ -369,6 +382,7 @@ async def delete_all_transcripts(request: web.Request) -> web.Response:
 async def rotate_data_key(request: web.Request) -> web.Response:
     """Start a new transcript data key for the account (old ones stay for reading)."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     st = request.app[STATE]
     key_id, _key = await st.cipher.rotate_data_key(acct.account, int(st.clock()))
     return web.json_response({"key_id": key_id}, status=201)

@@ -64,14 +64,18 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": _op("Engagement records (JSON, or ?format=csv)", "account admin"),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/engagements/{engagement}/transcript": {
-        "get": _op("A standard-mode transcript", "account admin"),
-        "delete": _op("Delete a standard-mode transcript", "account admin"),
+        "get": _op("A standard-mode transcript (409 mode.compliance in compliance mode)",
+                   "account admin"),
+        "delete": _op("Delete a standard-mode transcript (409 mode.compliance in"
+                      " compliance mode)", "account admin"),
         "parameters": _ENG},
     "/v1/accounts/{account}/transcripts": {
-        "delete": _op("Delete every standard-mode transcript", "account admin"),
+        "delete": _op("Delete every standard-mode transcript (409 mode.compliance"
+                      " in compliance mode)", "account admin"),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/data-keys/rotate": {
-        "post": _op("Rotate the transcript data key", "account admin", "201"),
+        "post": _op("Rotate the transcript data key (409 mode.compliance in compliance"
+                    " mode)", "account admin", "201"),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/outbox": {
         "get": _op("Outbox backlog for the vault", "account admin"), "parameters": _ACCOUNT},

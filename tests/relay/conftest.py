@@ -72,18 +72,23 @@ class Relay:
         assert status == 201
         admin = str(body["token"])
         if compliance:
-            ident, vkey = IdentityKey.generate(), EncryptionKey.generate()
-            self.vaults[name] = (ident, vkey)
-            now = int(self.clock())
-            st = sign_vault_key_statement(ident, account=name, key=vkey.public_bytes,
-                                          not_before=now - 60, not_after=now + 86400 * 30)
-            status, body = await self.call("PUT", f"/v1/accounts/{name}/vault", admin, json={
-                "identity_key": b64e(ident.public_bytes), "key_statement": st})
-            assert status == 200, body
-            status, body = await self.call("PUT", f"/v1/accounts/{name}/mode", admin,
-                                           json={"mode": "compliance"})
-            assert status == 200, body
+            await self.pair_and_toggle(name, admin)
         return admin
+
+    async def pair_and_toggle(self, name: str, admin: str, *,
+                              valid_for: int = 86400 * 30) -> None:
+        """Pair a fresh vault identity with ``name`` and turn compliance mode on."""
+        ident, vkey = IdentityKey.generate(), EncryptionKey.generate()
+        self.vaults[name] = (ident, vkey)
+        now = int(self.clock())
+        st = sign_vault_key_statement(ident, account=name, key=vkey.public_bytes,
+                                      not_before=now - 60, not_after=now + valid_for)
+        status, body = await self.call("PUT", f"/v1/accounts/{name}/vault", admin, json={
+            "identity_key": b64e(ident.public_bytes), "key_statement": st})
+        assert status == 200, body
+        status, body = await self.call("PUT", f"/v1/accounts/{name}/mode", admin,
+                                       json={"mode": "compliance"})
+        assert status == 200, body
 
     async def agent_token(self, account: str, admin: str, agent: str) -> str:
         status, body = await self.call("POST", f"/v1/accounts/{account}/agent-tokens", admin,

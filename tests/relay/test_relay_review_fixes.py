@@ -137,3 +137,32 @@ async def test_handler_errors_close_stably_and_log_no_address(
     text = _logs(relay, caplog)
     assert "127.0.0.1" not in text and CANARY_XFF not in text, text
     assert "chat.internal_error" in text
+
+
+async def test_transcripts_are_not_served_in_compliance_mode(relay: Relay) -> None:
+    from relay.client import AgentClient, VisitorClient
+
+    admin = await relay.account("clinic")
+    agent = AgentClient(relay.url, await relay.agent_token("clinic", admin, "ann"), "clinic")
+    visitor = VisitorClient(relay.url, "clinic", origin=ORIGIN)
+    try:
+        await agent.connect()
+        eng = (await visitor.connect())["engagement"]
+        await agent.accept(eng)
+        await visitor.next_event(types=("assigned",))
+        await visitor.send("stored before the toggle")
+        await agent.next_event(types=("msg",))
+    finally:
+        await visitor.close()
+        await agent.close()
+    path = f"/v1/accounts/clinic/engagements/{eng}/transcript"
+    status, body = await relay.call("GET", path, admin)
+    assert status == 200 and body["items"][0]["text"] == "stored before the toggle"
+    await relay.pair_and_toggle("clinic", admin)
+    for method, route in (("GET", path), ("DELETE", path),
+                          ("DELETE", "/v1/accounts/clinic/transcripts"),
+                          ("POST", "/v1/accounts/clinic/data-keys/rotate")):
+        for token in (admin, None):
+            status, body = await relay.call(method, route, *(() if token is None else (token,)))
+            assert (status, body["error"]["code"]) == (409, "mode.compliance"), (route, body)
+            assert "stored before" not in str(body)
