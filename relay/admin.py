@@ -264,11 +264,15 @@ async def create_agent_token(request: web.Request) -> web.Response:
 
 @routes.get("/v1/accounts/{account}/keys")
 async def public_keys(request: web.Request) -> web.Response:
-    """Public: identity key, key statement and agent certificates (clients verify them)."""
+    """Public: identity key, key statement, agent certificates, relay signing key."""
     acct = await _account(request)
-    certs = await request.app[STATE].store.agent_certificates(acct.account)
+    st = request.app[STATE]
+    certs = await st.store.agent_certificates(acct.account)
     return web.json_response({
         "account": acct.account, "mode": acct.mode,
+        # The vault pins this Ed25519 key: it verifies connection-info and offload
+        # envelopes signed by the relay with it.
+        "relay_signing_key": b64e(st.keyring.relay_keys.signing_public_bytes),
         "identity_key": b64e(acct.identity_key) if acct.identity_key else None,
         "key_statement": acct.key_statement,
         "agent_certificates": [c.certificate for c in certs]})

@@ -23,6 +23,23 @@ def _op(summary: str, auth: str, ok: str = "200", body: dict[str, Any] | None = 
     return op
 
 
+def _keys_op() -> dict[str, Any]:
+    op = _op("Public keys: identity, key statement, agent certificates, relay signing key",
+             "none")
+    op["responses"]["200"]["content"] = {"application/json": {"schema": {
+        "type": "object", "properties": {
+            "account": {"type": "string"}, "mode": {"type": "string"},
+            "identity_key": {"type": "string", "nullable": True,
+                             "description": "b64url Ed25519 controller identity key"},
+            "key_statement": {"type": "object", "nullable": True},
+            "agent_certificates": {"type": "array", "items": {"type": "object"}},
+            "relay_signing_key": {"type": "string", "description":
+                                  "b64url(32) Ed25519 public key the relay signs"
+                                  " connection-info and offload envelopes with; the vault"
+                                  " pins it"}}}}}
+    return op
+
+
 _ACCOUNT = [{"name": "account", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ENG = [*_ACCOUNT, {"name": "engagement", "in": "path", "required": True,
                     "schema": {"type": "string"}}]
@@ -49,7 +66,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op("Issue an agent device token", "account admin", "201",
                     {"agent": {"type": "string"}}), "parameters": _ACCOUNT},
     "/v1/accounts/{account}/keys": {
-        "get": _op("Public keys: identity, key statement, agent certificates", "none"),
+        "get": _keys_op(),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/mode": {
         "put": _op("Toggle compliance mode", "account admin", body={

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from envelope import PartyKeys, b64e, encode_body, seal
+from envelope import PartyKeys, b64d, b64e, encode_body, parse_envelope, seal
 
 from .conftest import ORIGIN, FakeClock, Relay, start_relay
 
@@ -166,3 +166,21 @@ async def test_transcripts_are_not_served_in_compliance_mode(relay: Relay) -> No
             status, body = await relay.call(method, route, *(() if token is None else (token,)))
             assert (status, body["error"]["code"]) == (409, "mode.compliance"), (route, body)
             assert "stored before" not in str(body)
+
+
+async def test_keys_publish_the_relay_signing_key(relay: Relay) -> None:
+    await relay.account("clinic", compliance=True)
+    status, keys = await relay.call("GET", "/v1/accounts/clinic/keys", token=None)
+    assert status == 200
+    published = b64d(keys["relay_signing_key"], length=32)
+    # It is the key that signs what the relay seals: the connection-info envelope.
+    ws, welcome = await _visitor(relay, "clinic", PartyKeys.generate())
+    assert welcome["type"] == "welcome"
+    await ws.close()
+    [entry] = await relay.state.store.read_outbox("clinic", 0, 10)
+    header = parse_envelope(entry.data).header
+    assert (header.kind, header.role) == ("connection-info", "relay")
+    assert header.sender_public_key == published
+    _, doc = await relay.call("GET", "/v1/openapi.json", token=None)
+    schema = doc["paths"]["/v1/accounts/{account}/keys"]["get"]["responses"]["200"]
+    assert "relay_signing_key" in schema["content"]["application/json"]["schema"]["properties"]
