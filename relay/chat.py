@@ -8,6 +8,7 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -135,6 +136,21 @@ async def _check_backpressure(st: RelayState, account: str) -> None:
                        "the account's vault has not collected its outbox; try later")
 
 
+def _check_vault_key(acct: Account, now: float) -> None:
+    """Refuse a NEW compliance engagement once the vault key statement has expired.
+
+    Stops new personal data being sealed to a key its controller declared retired
+    (the statement's window is what clients and the vault trust); live engagements go on.
+    """
+    statement = acct.key_statement or {}
+    try:
+        expires = int(json.loads(b64d(statement["body"]))["exp"])
+    except (KeyError, TypeError, ValueError, EnvelopeError):
+        expires = 0  # unreadable: treated as expired (it was verified when paired)
+    if now > expires:
+        raise _Refused("vault.key_expired", "the account's vault key has expired")
+
+
 async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement, role: str,
                    agent: str | None, seq: int, payload: dict[str, Any] | bytes) -> None:
     """Make one message durable (outbox or encrypted transcript) before it is acked."""
@@ -218,6 +234,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             if hub.router.live_count(acct.account) >= st.config.max_engagements_per_account:
                 raise _Refused("account.busy", "too many live engagements")
             if compliance:
+                _check_vault_key(acct, st.clock())
                 await _check_backpressure(st, acct.account)
             replay = hub.router.open_engagement(
                 account=acct.account, mode=acct.mode, engagement=secrets.token_urlsafe(12),

@@ -54,7 +54,8 @@ Close codes (the reason is the stable code):
     1011  internal.error          an unexpected fault on the relay (nothing echoed)
     4400  frame.malformed, frame.unknown_type, frame.bad_field, frame.not_binary
     4401  auth.bad_token
-    4403  origin.forbidden, auth.forbidden
+    4403  origin.forbidden, auth.forbidden, certificate.revoked (the agent's certificate
+          was revoked by the account admin: its live sockets are closed)
     4404  account.not_found, engagement.unknown, resume.unknown, engagement.not_assigned
     4408  session.idle_timeout, hello.timeout
     4409  session.superseded, engagement.taken
@@ -68,7 +69,9 @@ Close codes (the reason is the stable code):
     4503  outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
           collected its outbox: it reached outbox_account_max_bytes or its oldest entry
           is older than outbox_max_age_seconds; new compliance engagements are refused
-          until the vault catches up; nothing queued is ever dropped)
+          until the vault catches up; nothing queued is ever dropped),
+          vault.key_expired (the account's vault key statement has expired: no new
+          compliance engagement until the controller publishes a new one)
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ CLOSE_CODES: dict[str, int] = {
     "mode.changed": 4410, "frame.too_large": 4413, "rate.limited": 4429,
     "account.busy": 4429, "outbox.full": 4503, "outbox.backpressure": 4503,
     "store.unavailable": 4503, "envelope.replayed": 4422, "internal.error": 1011,
+    "vault.key_expired": 4503, "certificate.revoked": 4403,
 }
 _MAX_TEXT = 16_384
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")

@@ -184,3 +184,16 @@ async def test_keys_publish_the_relay_signing_key(relay: Relay) -> None:
     _, doc = await relay.call("GET", "/v1/openapi.json", token=None)
     schema = doc["paths"]["/v1/accounts/{account}/keys"]["get"]["responses"]["200"]
     assert "relay_signing_key" in schema["content"]["application/json"]["schema"]["properties"]
+
+
+async def test_no_new_compliance_engagement_after_the_vault_key_expired(relay: Relay) -> None:
+    admin = await relay.account("clinic")
+    await relay.pair_and_toggle("clinic", admin, valid_for=3600)
+    ws, welcome = await _visitor(relay, "clinic", PartyKeys.generate())
+    assert welcome["type"] == "welcome"
+    await ws.close()
+    relay.clock.offset = 7200.0  # the injected clock: the statement is now past "exp"
+    ws, first = await _visitor(relay, "clinic", PartyKeys.generate())
+    assert first["code"] == "vault.key_expired"
+    assert (await _refusal(ws))[1] == 4503
+    assert _refused_count(relay, "vault.key_expired") == 1
