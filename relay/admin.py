@@ -26,7 +26,7 @@ from envelope import (
     verify_agent_certificate,
     verify_vault_key_statement,
 )
-from envelope.limits import ACCOUNT_PATTERN, AGENT_PATTERN, ENGAGEMENT_PATTERN
+from envelope.limits import ACCOUNT_PATTERN, AGENT_PATTERN, ENGAGEMENT_PATTERN, KEY_ID_PATTERN
 
 from .errors import BadRequest, Conflict, Forbidden, NotFound, RelayError, TooLarge, Unauthorized
 from .logs import log_event
@@ -248,6 +248,22 @@ async def add_agent_certificate(request: web.Request) -> web.Response:
         int(st.clock()))
     return web.json_response({"agent": cert.agent, "key_id": cert.encryption_key_id},
                              status=201)
+
+
+@routes.delete("/v1/accounts/{account}/agent-certificates/{key_id}")
+async def revoke_agent_certificate(request: web.Request) -> web.Response:
+    """Revoke an agent certificate and close that agent device's live sockets."""
+    acct, _ = await _admin_account(request)
+    kid = request.match_info["key_id"]
+    if not KEY_ID_PATTERN.fullmatch(kid):
+        raise BadRequest("key id out of pattern", code="request.bad_field")
+    st = request.app[STATE]
+    # A lost or stolen agent device: the relay stops offering it the account's chats now
+    # (its sockets close; a reconnect finds no certificate and gets auth.forbidden).
+    # Idempotent: revoking twice answers revoked=false the second time.
+    revoked = await st.store.delete_agent_certificate(acct.account, kid)
+    closed = st.hub.revoke_agent_key(acct.account, kid) if st.hub is not None else 0
+    return web.json_response({"key_id": kid, "revoked": revoked, "sockets_closed": closed})
 
 
 @routes.post("/v1/accounts/{account}/agent-tokens")

@@ -114,6 +114,17 @@ class ChatHub:
             asyncio.get_running_loop().create_task(
                 refuse(self.st, conn.ws, "mode.changed", "account changed: reconnect"))
 
+    def revoke_agent_key(self, account: str, key_id: str) -> int:
+        """Close the live sockets of the agent seats using ``key_id``; return how many."""
+        conns = [s.conn for s in self.router.seats.values()
+                 if s.account == account and s.key_id == key_id and s.conn]
+        for conn_id in conns:
+            conn = self.conns.get(conn_id) if conn_id else None
+            if conn is not None:
+                asyncio.get_running_loop().create_task(refuse(
+                    self.st, conn.ws, "certificate.revoked", "agent certificate revoked"))
+        return len(conns)
+
     async def tick(self) -> None:
         """Run the router's time rules and persist records."""
         await self.deliver(self.router.tick(self.st.clock()))

@@ -62,6 +62,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/accounts/{account}/agent-certificates": {
         "post": _op("Upload an agent certificate", "account admin", "201",
                     {"certificate": _SIGNED}), "parameters": _ACCOUNT},
+    "/v1/accounts/{account}/agent-certificates/{key_id}": {
+        "delete": _op("Revoke an agent certificate; that agent's live sockets close with"
+                      " certificate.revoked (4403)", "account admin"),
+        "parameters": [*_ACCOUNT, {"name": "key_id", "in": "path", "required": True,
+                                   "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}]},
     "/v1/accounts/{account}/agent-tokens": {
         "post": _op("Issue an agent device token", "account admin", "201",
                     {"agent": {"type": "string"}}), "parameters": _ACCOUNT},

@@ -238,6 +238,14 @@ class SqliteStore(LinkStoreMixin):
             " created_at) VALUES (?, ?, ?, ?, ?)",
             (row.account, row.key_id, row.agent, json.dumps(row.certificate), at)))
 
+    async def delete_agent_certificate(self, account: str, key_id: str) -> bool:
+        """Remove one agent certificate; False when there was none."""
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute("DELETE FROM agent_certificates WHERE account=? AND"
+                                     " key_id=?", (account, key_id))
+            return cur.rowcount == 1
+        return bool(await self._write(op))
+
     async def agent_certificates(self, account: str) -> list[AgentCertificateRow]:
         """The account's agent certificates."""
         rows = await self._fetch("SELECT account, key_id, agent, certificate FROM"

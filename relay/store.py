@@ -202,6 +202,9 @@ class RelayStore(Protocol):
     async def add_agent_certificate(self, row: AgentCertificateRow, at: int) -> None:
         """Store (or replace) a verified agent certificate."""
 
+    async def delete_agent_certificate(self, account: str, key_id: str) -> bool:
+        """Remove one agent certificate; False when there was none."""
+
     async def agent_certificates(self, account: str) -> list[AgentCertificateRow]:
         """The account's agent certificates."""
 

@@ -197,3 +197,45 @@ async def test_no_new_compliance_engagement_after_the_vault_key_expired(relay: R
     assert first["code"] == "vault.key_expired"
     assert (await _refusal(ws))[1] == 4503
     assert _refused_count(relay, "vault.key_expired") == 1
+
+
+async def test_revoking_an_agent_certificate_closes_its_sockets(relay: Relay) -> None:
+    from envelope import key_id, sign_agent_certificate
+
+    admin = await relay.account("clinic", compliance=True)
+    ident, _ = relay.vaults["clinic"]
+    device, now = PartyKeys.generate(), int(relay.clock())
+    cert = sign_agent_certificate(ident, account="clinic", agent="ann",
+                                  encryption_key=device.encryption.public_bytes,
+                                  signing_key=device.signing_public_bytes,
+                                  not_before=now - 60, not_after=now + 86400)
+    status, body = await relay.call("POST", "/v1/accounts/clinic/agent-certificates", admin,
+                                    json={"certificate": cert})
+    assert status == 201
+    kid = body["key_id"]
+    assert kid == key_id(device.encryption.public_bytes)
+    token = await relay.agent_token("clinic", admin, "ann")
+
+    async def agent_ws() -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+        ws = await relay.session.ws_connect(f"{relay.url}/v1/chat/agent",
+                                            headers={"Authorization": f"Bearer {token}"})
+        await ws.send_json({"type": "hello", "key_id": kid})
+        return ws, json.loads((await ws.receive(timeout=5)).data)
+
+    ws, welcome = await agent_ws()
+    assert welcome["type"] == "welcome"
+    status, body = await relay.call("DELETE", f"/v1/accounts/clinic/agent-certificates/{kid}",
+                                    admin)
+    assert (status, body["revoked"], body["sockets_closed"]) == (200, True, 1)
+    assert await _refusal(ws) == ("certificate.revoked", 4403)
+    ws, first = await agent_ws()  # the device cannot come back
+    assert first["code"] == "auth.forbidden"
+    await ws.close()
+    _, keys = await relay.call("GET", "/v1/accounts/clinic/keys", token=None)
+    assert keys["agent_certificates"] == []
+    status, body = await relay.call("DELETE", f"/v1/accounts/clinic/agent-certificates/{kid}",
+                                    admin)
+    assert (status, body["revoked"]) == (200, False)
+    status, body = await relay.call("DELETE", "/v1/accounts/clinic/agent-certificates/nope",
+                                    admin)
+    assert (status, body["error"]["code"]) == (400, "request.bad_field")
