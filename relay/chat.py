@@ -181,8 +181,9 @@ async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse,
                    payload: dict[str, Any] | bytes) -> None:
     started = time.perf_counter()
     Router.check_seq(eng, stream, seq)
-    await _durable(st, hub, acct, eng, role, agent, seq, payload)
     size = len(payload) if isinstance(payload, bytes) else len(str(payload.get("text", "")))
+    hub.router.check_room(eng, role, size)  # before it is durable: a refusal stores nothing
+    await _durable(st, hub, acct, eng, role, agent, seq, payload)
     deliveries = hub.router.message(eng=eng, role=role, stream=stream, seq=seq,
                                     payload=payload, size=size, now=st.clock())
     await conn_ws.send_json({"type": "ack", "engagement": eng.id, "seq": seq})
@@ -239,7 +240,8 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             replay = hub.router.open_engagement(
                 account=acct.account, mode=acct.mode, engagement=secrets.token_urlsafe(12),
                 conn=conn.id, resume_token=secrets.token_urlsafe(24),
-                visitor_keys=hello.keys, now=st.clock())
+                visitor_keys=hello.keys, now=st.clock(),
+                client=hub.client_tag(_client_address(st, request)))
             eng = hub.router.visitor_engagement(conn.id)
         ids["engagement"] = eng.id
         visitor_kid = key_id(b64d(eng.visitor_keys["sig"])) if eng.visitor_keys else None

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -40,12 +43,23 @@ class ChatHub:
         cfg = st.config
         self.router = Router(buffer_frames=cfg.resume_buffer_frames,
                              resume_grace=cfg.resume_grace_seconds,
-                             queue_timeout=cfg.queue_timeout_seconds)
+                             queue_timeout=cfg.queue_timeout_seconds,
+                             buffer_bytes=cfg.resume_buffer_bytes,
+                             max_per_client=cfg.max_engagements_per_address)
         self.conns: dict[str, Conn] = {}
         self.rate = ConnectionRateLimiter(cfg.connections_per_ip_per_minute)
         self._ids = itertools.count(1)
         self.outbox_bytes = 0
         self.closing = False
+        self._tag_key = secrets.token_bytes(32)
+
+    def client_tag(self, address: str) -> str:
+        """An opaque per-process tag of a client address, for the router's per-address cap.
+
+        Keyed and never stored: the router holds no address, and the tag means nothing
+        after a restart.
+        """
+        return hmac.new(self._tag_key, address.encode(), hashlib.blake2b).hexdigest()[:32]
 
     def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> Conn:
         """Register a socket."""

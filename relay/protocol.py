@@ -65,8 +65,11 @@ Close codes (the reason is the stable code):
           envelope.* (malformed, wrong_account, missing_vault_recipient, ...),
           envelope.replayed (an envelope id already in the outbox, whatever its seq),
           sender.mismatch, transfer.unavailable, agent.at_capacity
-    4429  rate.limited, account.busy
-    4503  outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
+    4429  rate.limited, account.busy, rate.engagements_per_address (one address holds
+          max_engagements_per_address live engagements already)
+    4503  engagement.buffer_full (the other party is away and its resume buffer holds
+          resume_buffer_frames / resume_buffer_bytes: resend after it reconnects),
+          outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
           collected its outbox: it reached outbox_account_max_bytes or its oldest entry
           is older than outbox_max_age_seconds; new compliance engagements are refused
           until the vault catches up; nothing queued is ever dropped),
@@ -96,6 +99,7 @@ CLOSE_CODES: dict[str, int] = {
     "account.busy": 4429, "outbox.full": 4503, "outbox.backpressure": 4503,
     "store.unavailable": 4503, "envelope.replayed": 4422, "internal.error": 1011,
     "vault.key_expired": 4503, "certificate.revoked": 4403,
+    "engagement.buffer_full": 4503, "rate.engagements_per_address": 4429,
 }
 _MAX_TEXT = 16_384
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")

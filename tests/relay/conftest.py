@@ -105,6 +105,9 @@ async def start_relay(state_dir: pathlib.Path, clock: FakeClock,
     token_file = state_dir.parent / "operator_token"
     token_file.write_text(OPERATOR)
     token_file.chmod(0o600)
+    # Every test client is 127.0.0.1: the per-address engagement cap is raised unless a
+    # test sets it (tests/relay/test_relay_review_fixes.py does).
+    overrides.setdefault("max_engagements_per_address", 10_000)
     cfg = load_config(None, env={}, state_dir=str(state_dir),
                       operator_token_file=str(token_file), log_file="relay.log",
                       heartbeat_seconds=5.0, **overrides)

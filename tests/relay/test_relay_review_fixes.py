@@ -239,3 +239,36 @@ async def test_revoking_an_agent_certificate_closes_its_sockets(relay: Relay) ->
     status, body = await relay.call("DELETE", "/v1/accounts/clinic/agent-certificates/nope",
                                     admin)
     assert (status, body["error"]["code"]) == (400, "request.bad_field")
+
+
+async def test_caps_over_real_sockets(tmp_path: pathlib.Path) -> None:
+    server = await start_relay(tmp_path / "state", FakeClock(), max_engagements_per_address=2,
+                               resume_buffer_bytes=64 * 1024)
+    try:
+        async with aiohttp.ClientSession() as session:
+            relay = Relay(server, session, tmp_path / "state", FakeClock())
+            await relay.account("shop")
+            held = [await _visitor(relay, "shop") for _ in range(2)]
+            assert all(w["type"] == "welcome" for _, w in held)
+            ws, first = await _visitor(relay, "shop")
+            assert first["code"] == "rate.engagements_per_address"
+            assert (await _refusal(ws))[1] == 4429
+            # A queued visitor (no agent yet) fills the resume buffer, then is refused.
+            vws, welcome = held[0]
+            code, seq = "", 0
+            while not code:
+                seq += 1
+                await vws.send_json({"type": "msg", "seq": seq, "text": "q" * 16_000})
+                while True:
+                    frame = json.loads((await vws.receive(timeout=5)).data)
+                    if frame["type"] in ("ack", "error"):
+                        code = frame.get("code", "")
+                        break
+            assert code == "engagement.buffer_full" and seq == 5  # 4 x 16 KB fit in 64 KB
+            assert _refused_count(relay, "engagement.buffer_full") == 1
+            stored = await relay.state.cipher.read("shop", welcome["engagement"])
+            assert len(stored) == 4  # the refused frame was not made durable either
+            for w, _ in held:
+                await w.close()
+    finally:
+        await server.close()
