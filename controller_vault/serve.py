@@ -48,6 +48,11 @@ async def serve(config: VaultConfig) -> None:
     watchdog = None
     if os.environ.get("NOTIFY_SOCKET"):
         notifier = sdnotify.SystemdNotifier()
+        if notifier.socket is not None:
+            # Never block the event loop on a full notify queue (max_dgram_qlen is often
+            # 10): a blocking send there froze the relay's loop, HTTP and SIGTERM alike.
+            # sdnotify swallows the BlockingIOError, so a ping with no room is dropped.
+            notifier.socket.setblocking(False)
         notifier.notify("READY=1")
         watchdog = asyncio.create_task(_watchdog(notifier, config.watchdog_interval_s))
     try:

@@ -32,8 +32,11 @@ from aiohttp import web
 from .app import create_app
 from .config import ConfigError, RelayConfig, load_config, read_operator_token
 from .logs import NoPersonalDataAccessLogger
+from .notify import notifier_from_env
 
 __all__ = ["main"]
+
+_SHUTDOWN_SECONDS = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,7 +86,7 @@ def _init(cfg: RelayConfig) -> int:
 async def _serve(cfg: RelayConfig) -> None:
     app = create_app(cfg)
     runner = web.AppRunner(app, access_log_class=NoPersonalDataAccessLogger,
-                           shutdown_timeout=10.0)
+                           shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
@@ -92,16 +95,14 @@ async def _serve(cfg: RelayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watchdog: asyncio.Task[None] | None = None
-    if os.environ.get("NOTIFY_SOCKET"):
-        import sdnotify
-
-        notifier = sdnotify.SystemdNotifier()
+    notifier = notifier_from_env(os.environ)
+    if notifier is not None:
         notifier.notify("READY=1")  # only now: the listening socket is up
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if usec > 0:
             async def beat() -> None:
                 while True:
-                    notifier.notify("WATCHDOG=1")
+                    notifier.notify("WATCHDOG=1")  # non-blocking: see relay/notify.py
                     await asyncio.sleep(usec / 2 / 1_000_000)
             watchdog = loop.create_task(beat())
     print(json.dumps({"event": "relay.listening", "host": cfg.host, "port": cfg.port,
@@ -109,9 +110,18 @@ async def _serve(cfg: RelayConfig) -> None:
     await stop.wait()
     if watchdog is not None:
         watchdog.cancel()
+    if notifier is not None:
+        notifier.notify("STOPPING=1")
     # runner.cleanup runs the app's cleanup context: sockets get going-away, the
-    # group-commit queue drains, the store closes.
-    await runner.cleanup()
+    # group-commit queue drains, the store closes. Each step is bounded inside; this
+    # outer bound makes SIGTERM end the process even if one of them misbehaves.
+    try:
+        await asyncio.wait_for(runner.cleanup(), _SHUTDOWN_SECONDS)
+    except TimeoutError:
+        print(json.dumps({"event": "shutdown.timeout", "code": "shutdown.timeout"}),
+              file=sys.stderr, flush=True)
+    if notifier is not None:
+        notifier.close()
 
 
 async def _admin(cfg: RelayConfig, args: argparse.Namespace) -> int:

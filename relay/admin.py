@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from typing import Any
 
@@ -25,9 +26,10 @@ from envelope import (
     verify_agent_certificate,
     verify_vault_key_statement,
 )
-from envelope.limits import ACCOUNT_PATTERN, AGENT_PATTERN, ENGAGEMENT_PATTERN
+from envelope.limits import ACCOUNT_PATTERN, AGENT_PATTERN, ENGAGEMENT_PATTERN, KEY_ID_PATTERN
 
 from .errors import BadRequest, Conflict, Forbidden, NotFound, RelayError, TooLarge, Unauthorized
+from .logs import log_event
 from .records import record_of_processing, records_csv
 from .state import STATE, RelayState
 from .store import Account, AgentCertificateRow, TokenRecord
@@ -78,6 +80,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPRequestEntityTooLarge:
         st.metrics.http_refused.labels("request.too_large").inc()
         return _json_error("request.too_large", "request body too large", 413)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        # A stable 500 instead of aiohttp's error page and its "Error handling request
+        # from <peer>" traceback; only the exception type is logged (its text may quote
+        # input).
+        st.metrics.http_refused.labels("internal.error").inc()
+        log_event(st.logger, logging.ERROR, "http.internal_error", exc_type=type(exc).__name__)
+        return _json_error("internal.error", "internal error", 500)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -239,6 +250,22 @@ async def add_agent_certificate(request: web.Request) -> web.Response:
                              status=201)
 
 
+@routes.delete("/v1/accounts/{account}/agent-certificates/{key_id}")
+async def revoke_agent_certificate(request: web.Request) -> web.Response:
+    """Revoke an agent certificate and close that agent device's live sockets."""
+    acct, _ = await _admin_account(request)
+    kid = request.match_info["key_id"]
+    if not KEY_ID_PATTERN.fullmatch(kid):
+        raise BadRequest("key id out of pattern", code="request.bad_field")
+    st = request.app[STATE]
+    # A lost or stolen agent device: the relay stops offering it the account's chats now
+    # (its sockets close; a reconnect finds no certificate and gets auth.forbidden).
+    # Idempotent: revoking twice answers revoked=false the second time.
+    revoked = await st.store.delete_agent_certificate(acct.account, kid)
+    closed = st.hub.revoke_agent_key(acct.account, kid) if st.hub is not None else 0
+    return web.json_response({"key_id": kid, "revoked": revoked, "sockets_closed": closed})
+
+
 @routes.post("/v1/accounts/{account}/agent-tokens")
 async def create_agent_token(request: web.Request) -> web.Response:
     """Issue the token an agent device connects with."""
@@ -253,11 +280,15 @@ async def create_agent_token(request: web.Request) -> web.Response:
 
 @routes.get("/v1/accounts/{account}/keys")
 async def public_keys(request: web.Request) -> web.Response:
-    """Public: identity key, key statement and agent certificates (clients verify them)."""
+    """Public: identity key, key statement, agent certificates, relay signing key."""
     acct = await _account(request)
-    certs = await request.app[STATE].store.agent_certificates(acct.account)
+    st = request.app[STATE]
+    certs = await st.store.agent_certificates(acct.account)
     return web.json_response({
         "account": acct.account, "mode": acct.mode,
+        # The vault pins this Ed25519 key: it verifies connection-info and offload
+        # envelopes signed by the relay with it.
+        "relay_signing_key": b64e(st.keyring.relay_keys.signing_public_bytes),
         "identity_key": b64e(acct.identity_key) if acct.identity_key else None,
         "key_statement": acct.key_statement,
         "agent_certificates": [c.certificate for c in certs]})
@@ -322,6 +353,16 @@ async def list_engagements(request: web.Request) -> web.Response:
     return web.json_response({"engagements": [r.as_json() for r in records]})
 
 
+def _standard_only(acct: Account) -> None:
+    # Once compliance is on, nothing stored before the toggle may be read back (or its
+    # keys changed) through the relay while the offload runs: those transcripts leave
+    # for the vault and are purged here. Stops an admin token (or whoever stole one)
+    # from copying them out of the processor after the controller moved them.
+    if acct.mode == "compliance":
+        raise Conflict("transcripts are not served in compliance mode; the vault has them",
+                       code="mode.compliance")
+
+
 def _engagement(request: web.Request) -> str:
     eng = request.match_info["engagement"]
     if not ENGAGEMENT_PATTERN.fullmatch(eng):
@@ -333,6 +374,7 @@ def _engagement(request: web.Request) -> str:
 async def get_transcript(request: web.Request) -> web.Response:
     """A standard-mode transcript, decrypted for the account admin."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     items = await request.app[STATE].cipher.read(acct.account, _engagement(request))
     return web.json_response({"engagement": request.match_info["engagement"], "items": items})
 
@@ -341,6 +383,7 @@ async def get_transcript(request: web.Request) -> web.Response:
 async def delete_transcript(request: web.Request) -> web.Response:
     """Delete one standard-mode transcript now."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     n = await request.app[STATE].store.delete_transcripts(acct.account,
                                                           engagement=_engagement(request))
     return web.json_response({"deleted": n})
@@ -350,6 +393,7 @@ async def delete_transcript(request: web.Request) -> web.Response:
 async def delete_all_transcripts(request: web.Request) -> web.Response:
     """Delete every standard-mode transcript of the account now."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     return web.json_response({"deleted": await request.app[STATE].store.delete_transcripts(
         acct.account)})
 
@@ -358,6 +402,7 @@ async def delete_all_transcripts(request: web.Request) -> web.Response:
 async def rotate_data_key(request: web.Request) -> web.Response:
     """Start a new transcript data key for the account (old ones stay for reading)."""
     acct, _ = await _admin_account(request)
+    _standard_only(acct)
     st = request.app[STATE]
     key_id, _key = await st.cipher.rotate_data_key(acct.account, int(st.clock()))
     return web.json_response({"key_id": key_id}, status=201)

@@ -8,11 +8,10 @@ True
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,6 +32,10 @@ from .sweeper import sweep_once
 from .vault_link import vault_link_socket
 
 __all__ = ["create_app"]
+
+#: Bounds of the shutdown steps (SIGTERM must end the process; see relay/notify.py).
+_STEP_SECONDS = 3.0
+_STORE_CLOSE_SECONDS = 5.0
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -87,11 +90,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     st.ready = False
     for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await _bounded(st, "shutdown.background", asyncio.gather(*tasks, return_exceptions=True),
+                   _STEP_SECONDS)
     # The store's close drains the group-commit queue: nothing acknowledged is lost.
-    await st.store.close()
+    # Bounded all the same: a write that never resolves must not keep SIGTERM waiting.
+    await _bounded(st, "shutdown.store_close", st.store.close(), _STORE_CLOSE_SECONDS)
     log_event(st.logger, 20, "relay.stopped")
+
+
+async def _bounded(st: RelayState, code: str, step: Awaitable[object], timeout: float) -> None:
+    """Await one shutdown step for at most ``timeout`` seconds; log ``code`` if it overran."""
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log_event(st.logger, 30, "shutdown.step_timeout", code=code, seconds=timeout)
+    except Exception as exc:
+        log_event(st.logger, 40, "shutdown.step_failed", code=code, exc_type=type(exc).__name__)
 
 
 async def _going_away(app: web.Application) -> None:
@@ -100,9 +114,10 @@ async def _going_away(app: web.Application) -> None:
     st = app[STATE]
     st.ready = False
     if st.hub is not None:
-        await st.hub.close_all()
-    for link in st.links.all():
-        await link.close("going-away", "relay shutting down")
+        await _bounded(st, "shutdown.close_sockets", st.hub.close_all(), _STEP_SECONDS)
+    links = [link.close("going-away", "relay shutting down") for link in st.links.all()]
+    await _bounded(st, "shutdown.close_links", asyncio.gather(*links, return_exceptions=True),
+                   _STEP_SECONDS)
 
 
 def create_app(config: RelayConfig, *, clock: Callable[[], float] = time.time,

@@ -8,6 +8,8 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 import time
 from typing import Any
@@ -27,10 +29,11 @@ from envelope import (
 
 from .admin import hash_token
 from .hub import ChatHub, refuse
+from .logs import log_event
 from .protocol import ProtocolError, parse_text_frame
 from .routing import Engagement, Router, RoutingError
 from .state import STATE, RelayState
-from .store import Account, OutboxEntry
+from .store import Account, DuplicateEnvelope, OutboxEntry
 
 __all__ = ["agent_socket", "visitor_socket"]
 
@@ -133,6 +136,21 @@ async def _check_backpressure(st: RelayState, account: str) -> None:
                        "the account's vault has not collected its outbox; try later")
 
 
+def _check_vault_key(acct: Account, now: float) -> None:
+    """Refuse a NEW compliance engagement once the vault key statement has expired.
+
+    Stops new personal data being sealed to a key its controller declared retired
+    (the statement's window is what clients and the vault trust); live engagements go on.
+    """
+    statement = acct.key_statement or {}
+    try:
+        expires = int(json.loads(b64d(statement["body"]))["exp"])
+    except (KeyError, TypeError, ValueError, EnvelopeError):
+        expires = 0  # unreadable: treated as expired (it was verified when paired)
+    if now > expires:
+        raise _Refused("vault.key_expired", "the account's vault key has expired")
+
+
 async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement, role: str,
                    agent: str | None, seq: int, payload: dict[str, Any] | bytes) -> None:
     """Make one message durable (outbox or encrypted transcript) before it is acked."""
@@ -142,8 +160,14 @@ async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement,
             raise _Refused("outbox.full", "the account's outbox is full; try later")
         header = check_shape(payload, account=acct.account,
                              vault_key_id=acct.vault_key_id or "")
-        await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
-                                                  envelope_hash(payload), payload, now)])
+        try:
+            await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id,
+                                                      eng.id, envelope_hash(payload), payload,
+                                                      now)])
+        except DuplicateEnvelope:
+            # A fresh sequence number on a stored envelope id: a replay (or splice) of an
+            # envelope the vault already has coming; refused before it is forwarded.
+            raise _Refused("envelope.replayed", "envelope id already used") from None
         hub.outbox_bytes += len(payload)
         st.links.wake(acct.account)
     else:
@@ -157,8 +181,9 @@ async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse,
                    payload: dict[str, Any] | bytes) -> None:
     started = time.perf_counter()
     Router.check_seq(eng, stream, seq)
-    await _durable(st, hub, acct, eng, role, agent, seq, payload)
     size = len(payload) if isinstance(payload, bytes) else len(str(payload.get("text", "")))
+    hub.router.check_room(eng, role, size)  # before it is durable: a refusal stores nothing
+    await _durable(st, hub, acct, eng, role, agent, seq, payload)
     deliveries = hub.router.message(eng=eng, role=role, stream=stream, seq=seq,
                                     payload=payload, size=size, now=st.clock())
     await conn_ws.send_json({"type": "ack", "engagement": eng.id, "seq": seq})
@@ -179,11 +204,11 @@ def _envelope_for(acct: Account, data: bytes, role: str, sender_kid: str | None)
 async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
     """``GET /v1/chat/visitor/{account}``: one visitor, one engagement."""
     st, hub, ws = await _prepare(request)
-    acct = await st.store.get_account(request.match_info["account"])
     ids: dict[str, Any] = {"role": "visitor"}
     conn = None
     eng: Engagement | None = None
     try:
+        acct = await st.store.get_account(request.match_info["account"])
         if hub.closing:
             raise _Refused("going-away", "relay shutting down")
         if not hub.rate.allow(_client_address(st, request), st.clock()):
@@ -210,11 +235,13 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             if hub.router.live_count(acct.account) >= st.config.max_engagements_per_account:
                 raise _Refused("account.busy", "too many live engagements")
             if compliance:
+                _check_vault_key(acct, st.clock())
                 await _check_backpressure(st, acct.account)
             replay = hub.router.open_engagement(
                 account=acct.account, mode=acct.mode, engagement=secrets.token_urlsafe(12),
                 conn=conn.id, resume_token=secrets.token_urlsafe(24),
-                visitor_keys=hello.keys, now=st.clock())
+                visitor_keys=hello.keys, now=st.clock(),
+                client=hub.client_tag(_client_address(st, request)))
             eng = hub.router.visitor_engagement(conn.id)
         ids["engagement"] = eng.id
         visitor_kid = key_id(b64d(eng.visitor_keys["sig"])) if eng.visitor_keys else None
@@ -260,11 +287,23 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_json({"type": "pong"})
     except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
         await refuse(st, ws, exc.code, _message_of(exc), **ids)
+    except Exception as exc:
+        await _internal_error(st, ws, exc, ids)
     finally:
         if conn is not None:
             hub.router.visitor_left(conn.id, st.clock())
             hub.drop_conn(conn)
     return ws
+
+
+async def _internal_error(st: RelayState, ws: web.WebSocketResponse, exc: Exception,
+                          ids: dict[str, Any]) -> None:
+    # Anything unexpected still ends in a stable close: no 1006, no aiohttp traceback
+    # naming the peer address, and nothing of the input (the exception text may quote
+    # it) in the log line or the error frame: only the exception's type.
+    log_event(st.logger, logging.ERROR, "chat.internal_error", exc_type=type(exc).__name__,
+              **ids)
+    await refuse(st, ws, "internal.error", "internal error", **ids)
 
 
 def _message_of(exc: Exception) -> str:
@@ -358,6 +397,8 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                     await hub.persist_records()
     except (_Refused, ProtocolError, RoutingError, EnvelopeError) as exc:
         await refuse(st, ws, exc.code, _message_of(exc), **ids)
+    except Exception as exc:
+        await _internal_error(st, ws, exc, ids)
     finally:
         if conn is not None:
             hub.router.agent_left(conn.id, st.clock())

@@ -53,6 +53,8 @@ class RelayConfig:
     resume_grace_seconds: float = 120.0
     queue_timeout_seconds: float = 600.0
     resume_buffer_frames: int = 5000
+    resume_buffer_bytes: int = 2 * 1024 * 1024
+    max_engagements_per_address: int = 5
     sweep_interval_seconds: float = 3600.0
     controller_name: str = "the account holder"
     extra_origins: tuple[str, ...] = field(default_factory=tuple)
@@ -86,6 +88,10 @@ FIELD_HELP: dict[str, str] = {
     "resume_grace_seconds": "how long a dropped party may resume before it is gone",
     "queue_timeout_seconds": "queued engagement not accepted in this time is missed",
     "resume_buffer_frames": "deliveries kept per party for resume",
+    "resume_buffer_bytes": "bytes of messages kept per party per engagement for resume; a"
+                           " party that is away gets no more (engagement.buffer_full)",
+    "max_engagements_per_address": "live (queued or assigned) engagements one client address"
+                                   " may hold (rate.engagements_per_address)",
     "sweep_interval_seconds": "how often the retention sweeper runs",
     "controller_name": "default controller name in records of processing",
     "extra_origins": "origins allowed for every account (development)",

@@ -11,6 +11,7 @@
     │                                vault.identity_mismatch
     │                                mode.not_paired
     │                                mode.confirm_required
+    │                                mode.compliance
     └── TooLarge                     request.too_large            413
 
 Messages are fixed strings plus ids: never request contents, so they are safe to

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -40,12 +43,23 @@ class ChatHub:
         cfg = st.config
         self.router = Router(buffer_frames=cfg.resume_buffer_frames,
                              resume_grace=cfg.resume_grace_seconds,
-                             queue_timeout=cfg.queue_timeout_seconds)
+                             queue_timeout=cfg.queue_timeout_seconds,
+                             buffer_bytes=cfg.resume_buffer_bytes,
+                             max_per_client=cfg.max_engagements_per_address)
         self.conns: dict[str, Conn] = {}
         self.rate = ConnectionRateLimiter(cfg.connections_per_ip_per_minute)
         self._ids = itertools.count(1)
         self.outbox_bytes = 0
         self.closing = False
+        self._tag_key = secrets.token_bytes(32)
+
+    def client_tag(self, address: str) -> str:
+        """An opaque per-process tag of a client address, for the router's per-address cap.
+
+        Keyed and never stored: the router holds no address, and the tag means nothing
+        after a restart.
+        """
+        return hmac.new(self._tag_key, address.encode(), hashlib.blake2b).hexdigest()[:32]
 
     def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> Conn:
         """Register a socket."""
@@ -114,6 +128,17 @@ class ChatHub:
             asyncio.get_running_loop().create_task(
                 refuse(self.st, conn.ws, "mode.changed", "account changed: reconnect"))
 
+    def revoke_agent_key(self, account: str, key_id: str) -> int:
+        """Close the live sockets of the agent seats using ``key_id``; return how many."""
+        conns = [s.conn for s in self.router.seats.values()
+                 if s.account == account and s.key_id == key_id and s.conn]
+        for conn_id in conns:
+            conn = self.conns.get(conn_id) if conn_id else None
+            if conn is not None:
+                asyncio.get_running_loop().create_task(refuse(
+                    self.st, conn.ws, "certificate.revoked", "agent certificate revoked"))
+        return len(conns)
+
     async def tick(self) -> None:
         """Run the router's time rules and persist records."""
         await self.deliver(self.router.tick(self.st.clock()))
@@ -123,9 +148,13 @@ class ChatHub:
     async def close_all(self) -> None:
         """Graceful shutdown: every socket closed with going-away (clients resume later)."""
         self.closing = True
-        for conn in list(self.conns.values()):
+
+        async def close(conn: Conn) -> None:
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"going-away")
+        # Concurrently: each close may wait for the client's echo, one slow client at a
+        # time would add up to an unbounded shutdown.
+        await asyncio.gather(*(close(c) for c in list(self.conns.values())))
         await self.persist_records()
 
 

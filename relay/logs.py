@@ -4,7 +4,9 @@ aiohttp's default access log writes the peer address and the User-Agent: both ar
 personal data (GDPR Recital 30). :class:`NoPersonalDataAccessLogger` logs the route
 template (not the raw path or query, which may hold tokens), the method, the status
 and the duration. :func:`log_event` drops any field whose name is on a deny list, so
-a careless call cannot write an address or a user agent.
+a careless call cannot write an address or a user agent. :class:`PeerScrubber` sits
+on aiohttp's own loggers (installed by :func:`configure_logging`): aiohttp writes
+"Error handling request from <peer>" with a traceback whose text may quote input.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import re
 import time
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["JsonLineFormatter", "NoPersonalDataAccessLogger", "configure_logging", "log_event"]
+__all__ = ["AIOHTTP_LOGGERS", "JsonLineFormatter", "NoPersonalDataAccessLogger", "PeerScrubber",
+           "configure_logging", "log_event"]
 
 LOGGER_NAME = "relay"
 _DENY = frozenset({"ip", "peer", "remote", "user_agent", "ua", "text", "visitor_id", "email",
@@ -47,6 +51,41 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
                                                if k not in _DENY}})
 
 
+AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.websocket",
+                   "aiohttp.internal", "aiohttp.client")
+_ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}\b")
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime"}
+
+
+class PeerScrubber(logging.Filter):
+    """Strip peer addresses, arguments, tracebacks and extras from aiohttp's log records.
+
+    Stops a visitor's IP (personal data, GDPR Recital 30) reaching the logs through
+    aiohttp's own lines: the format string is kept (addresses in it masked), its
+    arguments are dropped unformatted, and an exception is reduced to its type name
+    (an exception text may quote a header such as X-Forwarded-For).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite ``record`` in place; always let it through."""
+        message = _ADDRESS.sub("<addr>", str(record.msg))
+        if record.exc_info and record.exc_info[0] is not None:
+            message += f" [{record.exc_info[0].__name__}]"
+        record.msg, record.args = message, None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        for name in [k for k in vars(record) if k not in _RECORD_FIELDS]:
+            delattr(record, name)  # access-log extras carry remote_address and the like
+        return True
+
+
+def _install_scrubber() -> None:
+    for name in AIOHTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, PeerScrubber) for f in logger.filters):
+            logger.addFilter(PeerScrubber())
+
+
 def configure_logging(level: str, log_file: str | None) -> logging.Logger:
     """Attach JSON-line handlers (stderr, and ``log_file`` when given) to the relay logger."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -64,6 +103,7 @@ def configure_logging(level: str, log_file: str | None) -> logging.Logger:
         handler._relay_handler = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
+    _install_scrubber()
     return logger
 
 

@@ -23,6 +23,23 @@ def _op(summary: str, auth: str, ok: str = "200", body: dict[str, Any] | None = 
     return op
 
 
+def _keys_op() -> dict[str, Any]:
+    op = _op("Public keys: identity, key statement, agent certificates, relay signing key",
+             "none")
+    op["responses"]["200"]["content"] = {"application/json": {"schema": {
+        "type": "object", "properties": {
+            "account": {"type": "string"}, "mode": {"type": "string"},
+            "identity_key": {"type": "string", "nullable": True,
+                             "description": "b64url Ed25519 controller identity key"},
+            "key_statement": {"type": "object", "nullable": True},
+            "agent_certificates": {"type": "array", "items": {"type": "object"}},
+            "relay_signing_key": {"type": "string", "description":
+                                  "b64url(32) Ed25519 public key the relay signs"
+                                  " connection-info and offload envelopes with; the vault"
+                                  " pins it"}}}}}
+    return op
+
+
 _ACCOUNT = [{"name": "account", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ENG = [*_ACCOUNT, {"name": "engagement", "in": "path", "required": True,
                     "schema": {"type": "string"}}]
@@ -45,11 +62,16 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/accounts/{account}/agent-certificates": {
         "post": _op("Upload an agent certificate", "account admin", "201",
                     {"certificate": _SIGNED}), "parameters": _ACCOUNT},
+    "/v1/accounts/{account}/agent-certificates/{key_id}": {
+        "delete": _op("Revoke an agent certificate; that agent's live sockets close with"
+                      " certificate.revoked (4403)", "account admin"),
+        "parameters": [*_ACCOUNT, {"name": "key_id", "in": "path", "required": True,
+                                   "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}]},
     "/v1/accounts/{account}/agent-tokens": {
         "post": _op("Issue an agent device token", "account admin", "201",
                     {"agent": {"type": "string"}}), "parameters": _ACCOUNT},
     "/v1/accounts/{account}/keys": {
-        "get": _op("Public keys: identity, key statement, agent certificates", "none"),
+        "get": _keys_op(),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/mode": {
         "put": _op("Toggle compliance mode", "account admin", body={
@@ -64,14 +86,18 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": _op("Engagement records (JSON, or ?format=csv)", "account admin"),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/engagements/{engagement}/transcript": {
-        "get": _op("A standard-mode transcript", "account admin"),
-        "delete": _op("Delete a standard-mode transcript", "account admin"),
+        "get": _op("A standard-mode transcript (409 mode.compliance in compliance mode)",
+                   "account admin"),
+        "delete": _op("Delete a standard-mode transcript (409 mode.compliance in"
+                      " compliance mode)", "account admin"),
         "parameters": _ENG},
     "/v1/accounts/{account}/transcripts": {
-        "delete": _op("Delete every standard-mode transcript", "account admin"),
+        "delete": _op("Delete every standard-mode transcript (409 mode.compliance"
+                      " in compliance mode)", "account admin"),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/data-keys/rotate": {
-        "post": _op("Rotate the transcript data key", "account admin", "201"),
+        "post": _op("Rotate the transcript data key (409 mode.compliance in compliance"
+                    " mode)", "account admin", "201"),
         "parameters": _ACCOUNT},
     "/v1/accounts/{account}/outbox": {
         "get": _op("Outbox backlog for the vault", "account admin"), "parameters": _ACCOUNT},

@@ -51,9 +51,11 @@ Close codes (the reason is the stable code):
 
     1000  normal                  engagement ended
     1001  going-away              relay shutting down: reconnect and resume
+    1011  internal.error          an unexpected fault on the relay (nothing echoed)
     4400  frame.malformed, frame.unknown_type, frame.bad_field, frame.not_binary
     4401  auth.bad_token
-    4403  origin.forbidden, auth.forbidden
+    4403  origin.forbidden, auth.forbidden, certificate.revoked (the agent's certificate
+          was revoked by the account admin: its live sockets are closed)
     4404  account.not_found, engagement.unknown, resume.unknown, engagement.not_assigned
     4408  session.idle_timeout, hello.timeout
     4409  session.superseded, engagement.taken
@@ -61,12 +63,18 @@ Close codes (the reason is the stable code):
     4413  frame.too_large
     4422  compliance.plaintext_refused, seq.replayed, seq.out_of_order,
           envelope.* (malformed, wrong_account, missing_vault_recipient, ...),
+          envelope.replayed (an envelope id already in the outbox, whatever its seq),
           sender.mismatch, transfer.unavailable, agent.at_capacity
-    4429  rate.limited, account.busy
-    4503  outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
+    4429  rate.limited, account.busy, rate.engagements_per_address (one address holds
+          max_engagements_per_address live engagements already)
+    4503  engagement.buffer_full (the other party is away and its resume buffer holds
+          resume_buffer_frames / resume_buffer_bytes: resend after it reconnects),
+          outbox.full, store.unavailable, outbox.backpressure (the account's vault has not
           collected its outbox: it reached outbox_account_max_bytes or its oldest entry
           is older than outbox_max_age_seconds; new compliance engagements are refused
-          until the vault catches up; nothing queued is ever dropped)
+          until the vault catches up; nothing queued is ever dropped),
+          vault.key_expired (the account's vault key statement has expired: no new
+          compliance engagement until the controller publishes a new one)
 """
 
 from __future__ import annotations
@@ -89,7 +97,9 @@ CLOSE_CODES: dict[str, int] = {
     "hello.timeout": 4408, "session.superseded": 4409, "engagement.taken": 4409,
     "mode.changed": 4410, "frame.too_large": 4413, "rate.limited": 4429,
     "account.busy": 4429, "outbox.full": 4503, "outbox.backpressure": 4503,
-    "store.unavailable": 4503,
+    "store.unavailable": 4503, "envelope.replayed": 4422, "internal.error": 1011,
+    "vault.key_expired": 4503, "certificate.revoked": 4403,
+    "engagement.buffer_full": 4503, "rate.engagements_per_address": 4429,
 }
 _MAX_TEXT = 16_384
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")

@@ -18,9 +18,10 @@ Engagement states::
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from .resume_buffer import PartyLog as _PartyLog
 
 __all__ = ["AgentSeat", "Delivery", "Engagement", "Router", "RoutingError"]
 
@@ -41,23 +42,6 @@ class Delivery:
     conn: str
     payload: dict[str, Any] | bytes
     dseq: int | None = None
-
-
-@dataclass
-class _PartyLog:
-    limit: int
-    next_dseq: int = 1
-    items: deque[tuple[int, dict[str, Any] | bytes]] = field(default_factory=deque)
-
-    def add(self, payload: dict[str, Any] | bytes) -> int:
-        dseq, self.next_dseq = self.next_dseq, self.next_dseq + 1
-        self.items.append((dseq, payload))
-        while len(self.items) > self.limit:
-            self.items.popleft()
-        return dseq
-
-    def after(self, last: int) -> list[tuple[int, dict[str, Any] | bytes]]:
-        return [(d, p) for d, p in self.items if d > last]
 
 
 @dataclass
@@ -82,6 +66,7 @@ class Engagement:
     ended_at: float | None = None
     outcome: str = "queued"
     visitor_gone_at: float | None = None
+    client: str | None = None
     last_seq: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {
         "visitor_messages": 0, "agent_messages": 0, "visitor_bytes": 0, "agent_bytes": 0,
@@ -110,8 +95,11 @@ class Router:
     """All engagements and agent seats of the relay, and the rules between them."""
 
     def __init__(self, *, buffer_frames: int = 5000, resume_grace: float = 120.0,
-                 queue_timeout: float = 600.0) -> None:
+                 queue_timeout: float = 600.0, buffer_bytes: int = 2 * 1024 * 1024,
+                 max_per_client: int = 5) -> None:
         self.buffer_frames = buffer_frames
+        self.buffer_bytes = buffer_bytes
+        self.max_per_client = max_per_client
         self.resume_grace = resume_grace
         self.queue_timeout = queue_timeout
         self.engagements: dict[str, Engagement] = {}
@@ -124,12 +112,17 @@ class Router:
 
     # helpers ----------------------------------------------------------------
 
-    def _to_visitor(self, eng: Engagement, payload: dict[str, Any] | bytes) -> list[Delivery]:
-        dseq = eng.visitor_log.add(payload)
+    def _log(self) -> _PartyLog:
+        return _PartyLog(self.buffer_frames, self.buffer_bytes)
+
+    def _to_visitor(self, eng: Engagement, payload: dict[str, Any] | bytes,
+                    size: int = 0) -> list[Delivery]:
+        dseq = eng.visitor_log.add(payload, size)
         return [Delivery(eng.visitor_conn, payload, dseq)] if eng.visitor_conn else []
 
-    def _to_agent(self, eng: Engagement, payload: dict[str, Any] | bytes) -> list[Delivery]:
-        dseq = eng.agent_log.add(payload)
+    def _to_agent(self, eng: Engagement, payload: dict[str, Any] | bytes,
+                  size: int = 0) -> list[Delivery]:
+        dseq = eng.agent_log.add(payload, size)
         seat = self.seats.get((eng.account, eng.agent)) if eng.agent else None
         if eng.state == "active" and seat is not None and seat.conn:
             return [Delivery(seat.conn, payload, dseq)]
@@ -204,12 +197,21 @@ class Router:
 
     def open_engagement(self, *, account: str, mode: str, engagement: str, conn: str,
                         resume_token: str, visitor_keys: dict[str, str] | None,
-                        now: float) -> list[Delivery]:
-        """A visitor starts an engagement: it is queued and offered to free agents."""
+                        now: float, client: str | None = None) -> list[Delivery]:
+        """A visitor starts an engagement: it is queued and offered to free agents.
+
+        ``client`` is an opaque tag of the visitor's address (never the address): one
+        address may hold at most ``max_per_client`` live engagements, so it cannot pin
+        the relay's memory with many queued engagements and their resume buffers.
+        """
+        if client is not None and sum(1 for e in self.engagements.values()
+                                      if e.client == client) >= self.max_per_client:
+            raise RoutingError("rate.engagements_per_address",
+                               "too many live engagements from this address")
         eng = Engagement(id=engagement, account=account, mode=mode, started_at=now,
                          resume_token=resume_token, visitor_conn=conn,
-                         visitor_keys=visitor_keys, visitor_log=_PartyLog(self.buffer_frames),
-                         agent_log=_PartyLog(self.buffer_frames))
+                         visitor_keys=visitor_keys, visitor_log=self._log(),
+                         agent_log=self._log(), client=client)
         self.engagements[engagement] = eng
         self._by_token[resume_token] = engagement
         self._conn_visitor[conn] = engagement
@@ -322,7 +324,7 @@ class Router:
         if eng.mode == "compliance":
             # The old agent's ciphertext is useless to the new one; the visitor re-seals
             # its history to the new agent (history handoff) on "assigned".
-            eng.agent_log = _PartyLog(self.buffer_frames)
+            eng.agent_log = self._log()
         eng.agent, eng.agent_key_id = target.agent, target.key_id
         eng.counts["transfers"] += 1
         target.engagements.add(eng.id)
@@ -354,10 +356,29 @@ class Router:
         if seq != last + 1:
             raise RoutingError("seq.out_of_order", "sequence number skips ahead")
 
+    def check_room(self, eng: Engagement, role: str, size: int) -> None:
+        """Refuse a message the other party's resume buffer cannot hold while it is away.
+
+        Stops memory exhaustion: frames for a party that is not connected (an engagement
+        still queued, an agent or visitor gone within the grace period) accumulate
+        until it comes back; past ``buffer_frames`` or ``buffer_bytes`` they are refused
+        (engagement.buffer_full), never silently dropped. Frames for a connected party
+        are sent at once and only the oldest of those leave the buffer.
+        """
+        if role == "visitor":
+            log, seat = eng.agent_log, self.seats.get((eng.account, eng.agent or ""))
+            present = eng.state == "active" and seat is not None and bool(seat.conn)
+        else:
+            log, present = eng.visitor_log, eng.visitor_conn is not None
+        if not present and not log.has_room(size):
+            raise RoutingError("engagement.buffer_full",
+                               "the other party's buffer is full; wait for it to reconnect")
+
     def message(self, *, eng: Engagement, role: str, stream: str, seq: int,
                 payload: dict[str, Any] | bytes, size: int, now: float) -> list[Delivery]:
         """A durable message from ``role``: record the sequence, count it, forward it."""
         self.check_seq(eng, stream, seq)
+        self.check_room(eng, role, size)
         eng.last_seq[stream] = seq
         key = "visitor" if role == "visitor" else "agent"
         eng.counts[f"{key}_messages"] += 1
@@ -365,8 +386,8 @@ class Router:
         if role != "visitor" and eng.first_response_at is None:
             eng.first_response_at = now
         self.dirty.add(eng.id)
-        return self._to_agent(eng, payload) if role == "visitor" else \
-            self._to_visitor(eng, payload)
+        return self._to_agent(eng, payload, size) if role == "visitor" else \
+            self._to_visitor(eng, payload, size)
 
     def typing(self, *, eng: Engagement, role: str, on: bool) -> list[Delivery]:
         """Typing indicator to the other side (not buffered, not counted)."""
@@ -401,7 +422,7 @@ class Router:
                     eng = self.engagements[eng_id]
                     # The agent vanished: put the engagement back in the queue.
                     eng.state, eng.agent, eng.agent_key_id = "queued", None, None
-                    eng.agent_log = _PartyLog(self.buffer_frames)
+                    eng.agent_log = self._log()
                     out += self._to_visitor(eng, {"type": "queued", "engagement": eng.id})
                     out += self._offer(eng)
                 seat.engagements.clear()

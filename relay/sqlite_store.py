@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sqlite3
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -26,6 +27,7 @@ from .store import (
     Account,
     AgentCertificateRow,
     DataKeyRow,
+    DuplicateEnvelope,
     EngagementRecord,
     ModeChange,
     OutboxEntry,
@@ -198,6 +200,14 @@ class SqliteStore(LinkStoreMixin):
             " created_at) VALUES (?, ?, ?, ?, ?)",
             (row.account, row.key_id, row.agent, json.dumps(row.certificate), at)))
 
+    async def delete_agent_certificate(self, account: str, key_id: str) -> bool:
+        """Remove one agent certificate; False when there was none."""
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute("DELETE FROM agent_certificates WHERE account=? AND"
+                                     " key_id=?", (account, key_id))
+            return cur.rowcount == 1
+        return bool(await self._write(op))
+
     async def agent_certificates(self, account: str) -> list[AgentCertificateRow]:
         """The account's agent certificates."""
         rows = await self._fetch("SELECT account, key_id, agent, certificate FROM"
@@ -256,7 +266,13 @@ class SqliteStore(LinkStoreMixin):
 
     async def append_outbox(self, entries: Sequence[OutboxEntry]) -> list[int]:
         """Append envelopes; return their outbox sequences once committed."""
-        result: list[int] = await self._write(OutboxAppend(entries))
+        try:
+            result: list[int] = await self._write(OutboxAppend(entries))
+        except sqlite3.IntegrityError as exc:
+            # outbox_by_envelope is unique per account: the same envelope sent twice is
+            # a replay, refused as such (the group committer retries a failed merged
+            # append one by one, so only this write failed).
+            raise DuplicateEnvelope("envelope id already in the outbox") from exc
         return result
 
     async def read_outbox(self, account: str, after_seq: int, limit: int) -> list[OutboxEntry]:

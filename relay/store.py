@@ -19,6 +19,7 @@ __all__ = [
     "Account",
     "AgentCertificateRow",
     "DataKeyRow",
+    "DuplicateEnvelope",
     "EngagementRecord",
     "ModeChange",
     "OutboxEntry",
@@ -28,6 +29,10 @@ __all__ = [
     "TokenRecord",
     "TranscriptRow",
 ]
+
+
+class DuplicateEnvelope(Exception):
+    """An outbox append reused an envelope id already stored for the account (a replay)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,9 @@ class RelayStore(Protocol):
 
     async def add_agent_certificate(self, row: AgentCertificateRow, at: int) -> None:
         """Store (or replace) a verified agent certificate."""
+
+    async def delete_agent_certificate(self, account: str, key_id: str) -> bool:
+        """Remove one agent certificate; False when there was none."""
 
     async def agent_certificates(self, account: str) -> list[AgentCertificateRow]:
         """The account's agent certificates."""

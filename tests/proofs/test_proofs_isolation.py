@@ -33,6 +33,7 @@ RELAY_MATRIX: dict[str, str] = {
     "POST /v1/accounts/{account}/admin-tokens": "operator",
     "PUT /v1/accounts/{account}/vault": "admin",
     "POST /v1/accounts/{account}/agent-certificates": "admin",
+    "DELETE /v1/accounts/{account}/agent-certificates/{key_id}": "admin",
     "POST /v1/accounts/{account}/agent-tokens": "admin",
     "GET /v1/accounts/{account}/keys": "public",  # public keys: what clients verify
     "PUT /v1/accounts/{account}/mode": "admin",
@@ -248,7 +249,8 @@ async def test_relay_isolation_matrix(two_account_relay: TwoAccountRelay,
             ws_checks[key], cross = n, cross + breaches
             continue
         method, template = key.split(" ", 1)
-        path = template.replace("{account}", "acme-a").replace("{engagement}", eng_a)
+        path = template.replace("{account}", "acme-a").replace("{engagement}", eng_a) \
+            .replace("{key_id}", "0123456789abcdef01234567")
         # Foreign roles first, owners last, so a destructive owner call cannot hide a leak.
         for role in sorted(roles, key=lambda x: x in owners[cls]):
             for verb in (method, "HEAD") if method == "GET" else (method,):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from envelope import EncryptionKey, IdentityKey, b64e, sign_vault_key_statement
@@ -71,18 +72,23 @@ class Relay:
         assert status == 201
         admin = str(body["token"])
         if compliance:
-            ident, vkey = IdentityKey.generate(), EncryptionKey.generate()
-            self.vaults[name] = (ident, vkey)
-            now = int(self.clock())
-            st = sign_vault_key_statement(ident, account=name, key=vkey.public_bytes,
-                                          not_before=now - 60, not_after=now + 86400 * 30)
-            status, body = await self.call("PUT", f"/v1/accounts/{name}/vault", admin, json={
-                "identity_key": b64e(ident.public_bytes), "key_statement": st})
-            assert status == 200, body
-            status, body = await self.call("PUT", f"/v1/accounts/{name}/mode", admin,
-                                           json={"mode": "compliance"})
-            assert status == 200, body
+            await self.pair_and_toggle(name, admin)
         return admin
+
+    async def pair_and_toggle(self, name: str, admin: str, *,
+                              valid_for: int = 86400 * 30) -> None:
+        """Pair a fresh vault identity with ``name`` and turn compliance mode on."""
+        ident, vkey = IdentityKey.generate(), EncryptionKey.generate()
+        self.vaults[name] = (ident, vkey)
+        now = int(self.clock())
+        st = sign_vault_key_statement(ident, account=name, key=vkey.public_bytes,
+                                      not_before=now - 60, not_after=now + valid_for)
+        status, body = await self.call("PUT", f"/v1/accounts/{name}/vault", admin, json={
+            "identity_key": b64e(ident.public_bytes), "key_statement": st})
+        assert status == 200, body
+        status, body = await self.call("PUT", f"/v1/accounts/{name}/mode", admin,
+                                       json={"mode": "compliance"})
+        assert status == 200, body
 
     async def agent_token(self, account: str, admin: str, agent: str) -> str:
         status, body = await self.call("POST", f"/v1/accounts/{account}/agent-tokens", admin,
@@ -91,18 +97,24 @@ class Relay:
         return str(body["token"])
 
 
-async def start_relay(state_dir: pathlib.Path, clock: FakeClock, **overrides: Any
-                      ) -> TestServer:
-    """Start the relay app from ``create_app`` on 127.0.0.1."""
+async def start_relay(state_dir: pathlib.Path, clock: FakeClock,
+                      _prestart: Callable[[web.Application], object] | None = None,
+                      **overrides: Any) -> TestServer:
+    """Start the relay app from ``create_app`` on 127.0.0.1 (``_prestart`` may add to it)."""
     (state_dir).mkdir(parents=True, exist_ok=True)
     token_file = state_dir.parent / "operator_token"
     token_file.write_text(OPERATOR)
     token_file.chmod(0o600)
+    # Every test client is 127.0.0.1: the per-address engagement cap is raised unless a
+    # test sets it (tests/relay/test_relay_review_fixes.py does).
+    overrides.setdefault("max_engagements_per_address", 10_000)
     cfg = load_config(None, env={}, state_dir=str(state_dir),
                       operator_token_file=str(token_file), log_file="relay.log",
                       heartbeat_seconds=5.0, **overrides)
-    server = TestServer(create_app(cfg, clock=clock, env={}), host="127.0.0.1",
-                        access_log_class=NoPersonalDataAccessLogger)
+    app = create_app(cfg, clock=clock, env={})
+    if _prestart is not None:
+        _prestart(app)
+    server = TestServer(app, host="127.0.0.1", access_log_class=NoPersonalDataAccessLogger)
     await server.start_server()
     return server
 

@@ -116,6 +116,7 @@ ADMIN_ROUTES = [
     ("GET", "/v1/accounts/{a}"),
     ("PUT", "/v1/accounts/{a}/vault"),
     ("POST", "/v1/accounts/{a}/agent-certificates"),
+    ("DELETE", "/v1/accounts/{a}/agent-certificates/0123456789abcdef01234567"),
     ("POST", "/v1/accounts/{a}/agent-tokens"),
     ("PUT", "/v1/accounts/{a}/mode"),
     ("GET", "/v1/accounts/{a}/mode-changes"),
@@ -139,7 +140,8 @@ async def test_foreign_account_token_refused_on_every_admin_route(relay: Relay) 
     from relay.openapi import PATHS
 
     documented = {(m.upper(), p) for p, ops in PATHS.items() for m in ops if m != "parameters"}
-    admin_paths = {(m, p.replace("{a}", "{account}").replace("eng-00000001", "{engagement}"))
+    admin_paths = {(m, p.replace("{a}", "{account}").replace("eng-00000001", "{engagement}")
+                    .replace("0123456789abcdef01234567", "{key_id}"))
                    for m, p in ADMIN_ROUTES}
     public = {("GET", "/v1/accounts/{account}/keys"), ("GET", "/v1/chat/visitor/{account}"),
               ("GET", "/v1/chat/agent"), ("GET", "/v1/openapi.json"), ("GET", "/metrics"),

@@ -100,3 +100,67 @@ def test_transfer_end_and_outcomes() -> None:
     assert outcomes == {"eng-00000001": "completed", "eng-00000002": "abandoned",
                         "eng-00000003": "missed"}
     assert r.engagements == {}
+
+
+def test_resume_buffer_refuses_frames_for_an_absent_party_past_its_byte_cap() -> None:
+    r = Router(buffer_frames=100, resume_grace=30, queue_timeout=60, buffer_bytes=1000)
+    r.open_engagement(account="a", mode="compliance", engagement="eng-00000001", conn="V",
+                      resume_token="t" * 20, visitor_keys=None, now=0)
+    eng = r.engagements["eng-00000001"]
+    # Queued: no agent reads these yet, so they accumulate up to the cap ...
+    for seq in (1, 2, 3):
+        r.message(eng=eng, role="visitor", stream="visitor", seq=seq, payload=b"x" * 300,
+                  size=300, now=1)
+    with pytest.raises(RoutingError) as exc:
+        r.check_room(eng, "visitor", 300)
+    assert exc.value.code == "engagement.buffer_full"
+    with pytest.raises(RoutingError):  # ... and message() itself refuses, changing nothing
+        r.message(eng=eng, role="visitor", stream="visitor", seq=4, payload=b"x" * 300,
+                  size=300, now=1)
+    assert eng.last_seq["visitor"] == 3 and eng.agent_log.size == 900
+    # The agent accepts and gets all three, nothing lost; now present, it is never refused
+    # and the buffer keeps its byte bound by letting the oldest delivered frames go.
+    r.agent_online(account="a", agent="ann", key_id=None, capacity=1, conn="A", last={}, now=2)
+    out = r.accept("A", "eng-00000001", now=2)
+    assert sum(1 for d in out if d.conn == "A" and d.payload == b"x" * 300) == 3
+    for seq in range(4, 20):
+        r.message(eng=eng, role="visitor", stream="visitor", seq=seq, payload=b"y" * 300,
+                  size=300, now=3)
+    assert eng.agent_log.size <= 1000
+    # The agent drops: the visitor may fill the buffer again, then is refused.
+    r.agent_left("A", now=4)
+    r.message(eng=eng, role="visitor", stream="visitor", seq=20, payload=b"z" * 100,
+              size=100, now=4)
+    with pytest.raises(RoutingError):
+        r.check_room(eng, "visitor", 300)
+
+
+def test_frame_cap_also_refuses_for_an_absent_party() -> None:
+    r = Router(buffer_frames=3, resume_grace=30, queue_timeout=60)
+    r.open_engagement(account="a", mode="standard", engagement="eng-00000001", conn="V",
+                      resume_token="t" * 20, visitor_keys=None, now=0)
+    eng = r.engagements["eng-00000001"]
+    for seq in (1, 2, 3):
+        r.message(eng=eng, role="visitor", stream="visitor", seq=seq, payload={"t": "m"},
+                  size=1, now=1)
+    with pytest.raises(RoutingError) as exc:
+        r.check_room(eng, "visitor", 1)
+    assert exc.value.code == "engagement.buffer_full"
+
+
+def test_live_engagements_per_address_are_capped() -> None:
+    r = Router(max_per_client=2)
+
+    def open_one(n: int, client: str) -> None:
+        r.open_engagement(account="a", mode="standard", engagement=f"eng-0000000{n}",
+                          conn=f"V{n}", resume_token=f"{n}" * 20, visitor_keys=None, now=0,
+                          client=client)
+
+    open_one(1, "tag-x")
+    open_one(2, "tag-x")
+    with pytest.raises(RoutingError) as exc:
+        open_one(3, "tag-x")
+    assert exc.value.code == "rate.engagements_per_address"
+    open_one(4, "tag-y")  # another address is unaffected
+    r.end(eng=r.engagements["eng-00000001"], role="visitor", now=1)
+    open_one(5, "tag-x")  # an ended engagement frees its slot

@@ -90,7 +90,8 @@ class Stack:
                "RELAY_HOST": "127.0.0.1", "RELAY_PUBLIC_ORIGIN": self.relay_url,
                "RELAY_OPERATOR_TOKEN_FILE": str(self.root / "operator_token"),
                "RELAY_LOG_FILE": "relay.log", "RELAY_HEARTBEAT_SECONDS": "5",
-               **self.relay_env}
+               # every simulated visitor is 127.0.0.1: lift the per-address cap
+               "RELAY_MAX_ENGAGEMENTS_PER_ADDRESS": "10000", **self.relay_env}
         self.relay = Service("relay", ["serve"], f"{self.relay_url}/healthz",
                              self.root / "relay.out", env=env).start(timeout=timeout)
         return self.relay

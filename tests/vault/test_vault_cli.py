@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -99,6 +100,12 @@ def test_serve_notifies_systemd_and_reads_credentials(tmp_path):
             assert json.loads(r.read()) == {"status": "ok"}
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert b"vault_audit_entries" in r.read()
+        # Stop reading the notify socket: its queue fills within a few pings at 0.2 s.
+        # A blocking send would now freeze the event loop (HTTP and SIGTERM); the
+        # vault drops pings instead and keeps serving.
+        time.sleep(4)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert json.loads(r.read()) == {"status": "ok"}
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=15)
