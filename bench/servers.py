@@ -131,6 +131,7 @@ def start_relay(state_dir: pathlib.Path, **settings: object) -> Iterator[Server]
         # One load generator address opens every connection: the per-address limit
         # would (rightly) refuse it, so the bench lifts it, and the per-account cap.
         "connections_per_ip_per_minute": 10_000_000, "max_engagements_per_account": 100_000,
+        "max_engagements_per_address": 10_000_000,
         "log_level": "WARNING", "public_origin": f"http://127.0.0.1:{port}",
         "idle_timeout_seconds": 3600, "operator_token_file": str(token_file)}
     limits.update(settings)

@@ -54,7 +54,9 @@ class RelayConfig:
     queue_timeout_seconds: float = 600.0
     resume_buffer_frames: int = 5000
     resume_buffer_bytes: int = 2 * 1024 * 1024
-    max_engagements_per_address: int = 5
+    # Visitors behind one NAT (a hospital ward, an office) share an address: 50 stops
+    # one client from taking an account's whole queue without refusing such a crowd.
+    max_engagements_per_address: int = 50
     sweep_interval_seconds: float = 3600.0
     controller_name: str = "the account holder"
     extra_origins: tuple[str, ...] = field(default_factory=tuple)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import sqlite3
 
 import pytest
 
 from envelope import envelope_hash
 from relay.sqlite_store import SqliteStore
-from relay.store import OutboxEntry
+from relay.store import DuplicateEnvelope, OutboxEntry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,7 +50,7 @@ async def test_a_duplicate_in_a_merged_batch_fails_alone(tmp_path: pathlib.Path)
         calls.insert(10, store.append_outbox([_entry("clinic", 99, "D" * 22)]))
         results = await asyncio.gather(*calls, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
-        assert len(failed) == 1 and isinstance(failed[0], sqlite3.IntegrityError)
+        assert len(failed) == 1 and isinstance(failed[0], DuplicateEnvelope)
         stored = await store.read_outbox("clinic", 0, 100)
         assert len(stored) == 1 + 38
         assert len({r.envelope_id for r in stored}) == len(stored)
