@@ -7,11 +7,13 @@ Every database is opened with WAL (readers never block the writer), synchronous=
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.resources
 import os
 import pathlib
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator
 
 import aiosqlite
@@ -71,22 +73,33 @@ async def checkpoint_truncate(db: aiosqlite.Connection) -> None:
     await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+# One write transaction at a time per connection. aiosqlite orders statements, not
+# transactions: two coroutines (two staff requests, or a request and the link's ingest)
+# interleaving BEGIN ... COMMIT on one connection failed with "table is locked", so a
+# healthy store answered 503 and an ingest batch could go unacknowledged.
+_WRITERS: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
+
+
 @contextlib.asynccontextmanager
 async def store_errors(db: aiosqlite.Connection, what: str) -> AsyncIterator[None]:
     """One write transaction: commit, or roll back and raise StoreUnavailable (no partial write)."""
-    try:
-        await db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") from None
-    try:
-        yield
-        await db.execute("COMMIT")
-    except BaseException as exc:
-        with contextlib.suppress(sqlite3.Error):
-            await db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
+    lock = _WRITERS.setdefault(db, asyncio.Lock())
+    async with lock:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") from None
-        raise
+        try:
+            yield
+            await db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(
+                    f"{what}: database unavailable ({_reason(exc)})") from None
+            raise
 
 
 def _reason(exc: sqlite3.Error) -> str:
