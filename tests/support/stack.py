@@ -180,9 +180,11 @@ class Stack:
     def certify_agent(self, agent: str) -> tuple[str, PartyKeys]:
         """Device keys made client-side, certified by the vault; returns (token, keys)."""
         keys = PartyKeys.generate()
+        # "--opt=value": a base64url key starting with "-" would otherwise be read as an
+        # option by argparse (one run in 32 failed with a usage error).
         self.vault_cli("certify-agent", "--agent", agent,
-                       "--enc-pk", b64e(keys.encryption.public_bytes),
-                       "--sig-pk", b64e(keys.signing_public_bytes), "--relay", self.relay_url)
+                       f"--enc-pk={b64e(keys.encryption.public_bytes)}",
+                       f"--sig-pk={b64e(keys.signing_public_bytes)}", "--relay", self.relay_url)
         status, body = self.call("POST", f"/v1/accounts/{self.account}/agent-tokens",
                                  {"agent": agent}, token=self.admin_token)
         assert status == 201, body
