@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import pathlib
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +35,7 @@ from tests.proofs.canary_engagements import (
     run_engagement,
 )
 from tests.support.canary import CanaryIndex, Hit
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, deploy_accounts, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -45,31 +44,11 @@ ACCOUNTS = ("clinic-a", "clinic-b", "clinic-c")
 LANES = 6  # concurrent engagements per account (one agent socket serves them all)
 
 
-def _deploy(root: pathlib.Path) -> list[Stack]:
-    """One relay, three accounts each with a paired vault process, compliance mode on."""
-    first = Stack(root / ACCOUNTS[0], account=ACCOUNTS[0],
-                  relay_env={"RELAY_TRUSTED_PROXIES": "127.0.0.1"})
-    first.root.mkdir(parents=True)
-    first.start_relay()
-    stacks = [first]
-    for name in ACCOUNTS[1:]:
-        s = Stack(root / name, account=name, relay_port=first.relay_port)
-        s.root.mkdir(parents=True)
-        shutil.copy(first.root / "operator_token", s.root / "operator_token")
-        stacks.append(s)
-    for s in stacks:
-        s.create_account()
-        s.init_vault()
-        s.start_vault()
-        s.pair()
-    return stacks
-
-
 @pytest.fixture
 def stacks(tmp_path: pathlib.Path) -> Iterator[list[Stack]]:
     deployed: list[Stack] = []
     try:
-        deployed = _deploy(tmp_path)
+        deployed = deploy_accounts(tmp_path, ACCOUNTS, {"RELAY_TRUSTED_PROXIES": "127.0.0.1"})
         yield deployed
     finally:
         for s in reversed(deployed):
