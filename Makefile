@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo lint typecheck pytest bench fuzz clean
+.PHONY: test demo lint typecheck pytest bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ fuzz: $(STAMP)
 	for t in envelope frames receipts export_name; do \
 		$(PY) -m fuzz.launcher $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
+
+# The full proofs: 500 random SIGKILLs of the vault/relay (CI runs 30) and invariant 1
+# at 200 engagements. SOAK_SEED=N repeats a run (the seed is printed).
+SOAK_KILLS ?= 500
+soak: $(STAMP)
+	SOAK_KILLS=$(SOAK_KILLS) PROOF_ENGAGEMENTS=200 $(VENV)/bin/pytest -s -p no:cacheprovider \
+		tests/proofs/test_proofs_soak.py tests/proofs/test_proofs_no_personal_data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

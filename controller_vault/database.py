@@ -96,7 +96,8 @@ async def checkpoint_truncate(db: aiosqlite.Connection, *, attempts: int = 4,
 
 #: One lock per writer connection. Tasks of one process (ingest, staff API, mailer,
 #: retention) share the connection: without it a second BEGIN inside the first task's
-#: transaction fails ("within a transaction") and its write, an audit entry say, is lost.
+#: transaction fails ("within a transaction", or "table is locked") and its write, an
+#: audit entry say, is lost or a healthy store answers 503.
 _WRITE_LOCKS: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = \
     weakref.WeakKeyDictionary()
 
@@ -117,8 +118,8 @@ async def store_errors(db: aiosqlite.Connection, what: str) -> AsyncIterator[Non
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise StoreUnavailable(f"{what}: database unavailable ({_reason(exc)})") \
-                    from None
+                raise StoreUnavailable(
+                    f"{what}: database unavailable ({_reason(exc)})") from None
             raise
 
 

@@ -24,7 +24,7 @@ from envelope import PartyKeys, b64e
 
 from .procs import Service, free_port
 
-__all__ = ["ORIGIN", "Stack", "wait_until"]
+__all__ = ["ORIGIN", "Stack", "deploy_accounts", "wait_until"]
 
 ORIGIN = "https://clinic.example"
 
@@ -181,9 +181,11 @@ class Stack:
     def certify_agent(self, agent: str) -> tuple[str, PartyKeys]:
         """Device keys made client-side, certified by the vault; returns (token, keys)."""
         keys = PartyKeys.generate()
+        # "--opt=value": a base64url key starting with "-" would otherwise be read as an
+        # option by argparse (one run in 32 failed with a usage error).
         self.vault_cli("certify-agent", "--agent", agent,
-                       "--enc-pk", b64e(keys.encryption.public_bytes),
-                       "--sig-pk", b64e(keys.signing_public_bytes), "--relay", self.relay_url)
+                       f"--enc-pk={b64e(keys.encryption.public_bytes)}",
+                       f"--sig-pk={b64e(keys.signing_public_bytes)}", "--relay", self.relay_url)
         status, body = self.call("POST", f"/v1/accounts/{self.account}/agent-tokens",
                                  {"agent": agent}, token=self.admin_token)
         assert status == 201, body
@@ -213,6 +215,37 @@ class Stack:
                                  token=self.admin_token)
         assert status == 200, body
         return int(body["entries"])
+
+
+def deploy_accounts(root: pathlib.Path, accounts: tuple[str, ...],
+                    relay_env: dict[str, str] | None = None) -> list[Stack]:
+    """One relay process, one account per name, each with its own paired vault process.
+
+    The first stack owns the relay (its ``relay_state``, ``relay.out``); the others share
+    its port and operator token. On failure, whatever started is stopped.
+    """
+    import shutil
+
+    first = Stack(root / accounts[0], account=accounts[0], relay_env=dict(relay_env or {}))
+    stacks = [first]
+    try:
+        first.root.mkdir(parents=True)
+        first.start_relay()
+        for name in accounts[1:]:
+            s = Stack(root / name, account=name, relay_port=first.relay_port)
+            s.root.mkdir(parents=True)
+            shutil.copy(first.root / "operator_token", s.root / "operator_token")
+            stacks.append(s)
+        for s in stacks:
+            s.create_account()
+            s.init_vault()
+            s.start_vault()
+            s.pair()
+    except BaseException:
+        for s in reversed(stacks):
+            s.stop()
+        raise
+    return stacks
 
 
 async def converse(stack: Stack, agent: tuple[str, str, PartyKeys | None],
