@@ -14,7 +14,7 @@ Layout of a backup directory (folders 0700, files 0600)::
 
 No secret file (secrets/) is ever copied: keys.db is only useful together with the
 master key, which stays in the controller's own custody (systemd credential or offline
-copy). Why the two parts need different retention is in deploy/README.md.
+copy). Why the two parts need different retention is in README.md ("Backups").
 
 >>> sorted(PART_DATABASES)
 ['data', 'keys']
