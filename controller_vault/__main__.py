@@ -268,7 +268,7 @@ def _backup(args: argparse.Namespace) -> int:
     manifest = take_backup(_backup_state_dir(args), args.dir, now=int(time.time()))
     for part, doc in manifest["parts"].items():
         print(f"{part}: {', '.join(sorted(doc['files']))} -> {pathlib.Path(args.dir) / part}")
-    print("keep keys/ for a SHORTER time than data/ (see README.md, "Backups")")
+    print("keep keys/ for a SHORTER time than data/ (see README.md, Backups)")
     return 0
 
 
