@@ -245,7 +245,9 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             eng = hub.router.visitor_engagement(conn.id)
         ids["engagement"] = eng.id
         visitor_kid = key_id(b64d(eng.visitor_keys["sig"])) if eng.visitor_keys else None
-        if compliance:
+        if compliance and not hello.resume:
+            # Once per engagement: the vault refuses a second connection-info
+            # (vault.connection_info_repeated), so a resume must not seal another.
             await _seal_connection_info(st, acct, eng, request, hello.visitor_id)
         await ws.send_json({"type": "welcome", "engagement": eng.id,
                             "resume": eng.resume_token, "mode": acct.mode,

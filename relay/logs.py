@@ -7,6 +7,7 @@ and the duration. :func:`log_event` drops any field whose name is on a deny list
 a careless call cannot write an address or a user agent. :class:`PeerScrubber` sits
 on aiohttp's own loggers (installed by :func:`configure_logging`): aiohttp writes
 "Error handling request from <peer>" with a traceback whose text may quote input.
+The ``aiosqlite`` logger is kept at INFO or above (its DEBUG lines carry SQL arguments).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def configure_logging(level: str, log_file: str | None) -> logging.Logger:
         handler._relay_handler = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
+    # aiosqlite logs every call at DEBUG with its arguments ("executing <partial ...>"):
+    # SQL parameters such as token hashes and envelope or transcript ciphertext. Pinned
+    # at INFO or above whatever log_level says, so a DEBUG run (or a host that sends
+    # the root logger everything) cannot copy stored secrets into log files.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logger.level))
     _install_scrubber()
     return logger
 

@@ -43,6 +43,7 @@ class RelayMetrics:
     sweeper_runs: Counter
     transcripts_swept: Counter
     commit_batches: Gauge
+    wal_checkpoint_incomplete: Counter
 
     @classmethod
     def create(cls) -> RelayMetrics:
@@ -106,4 +107,8 @@ class RelayMetrics:
                                       registry=r),
             commit_batches=Gauge("relay_store_commit_batches", "group commits so far",
                                  registry=r),
+            wal_checkpoint_incomplete=Counter(
+                "relay_wal_checkpoint_incomplete",
+                "offload WAL checkpoints a reader blocked (purge stays checkpoint pending)",
+                registry=r),
         )

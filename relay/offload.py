@@ -86,9 +86,11 @@ class Offloader:
     async def progress(self, account: str) -> dict[str, Any]:
         """Progress for the admin API and the CLI's bar."""
         counts = await self.st.store.offload_progress(account)
-        total = sum(counts.values())
+        total = sum(n for state, n in counts.items() if state != "checkpoint_pending")
         finished = counts["done"] + counts["rejected"]
-        return {"total": total, **counts, "complete": finished == total}
+        # A purge is not finished while its old page images may still sit in the WAL.
+        return {"total": total, **counts,
+                "complete": finished == total and counts["checkpoint_pending"] == 0}
 
     async def refresh_metrics(self) -> None:
         """Set the offload gauges (all accounts; no account label)."""
@@ -97,10 +99,29 @@ class Offloader:
 
     async def purged(self, account: str, engagements: Sequence[str]) -> None:
         """Receipts covered these transcripts and their rows are gone: fold the WAL."""
-        await self.st.store.checkpoint()
-        await self.refresh_metrics()
         log_event(self.st.logger, logging.INFO, "offload.purged", account=account,
                   engagements=len(engagements))
+        await self.fold_wal()
+
+    async def fold_wal(self) -> bool:
+        """Checkpoint the WAL for every purge still pending; True when none is left.
+
+        Called after each purge and on every sweeper tick: a checkpoint a reader
+        blocked is retried later, and the purge stays "checkpoint pending" (API, metric)
+        until it succeeds, so no purged transcript's ciphertext is left in the WAL unseen.
+        """
+        pending = await self.st.store.checkpoint_pending()
+        if not pending:
+            return True
+        done = await self.st.store.checkpoint()
+        if done:
+            await self.st.store.clear_checkpoint_pending(pending)
+        else:
+            self.st.metrics.wal_checkpoint_incomplete.inc()
+            log_event(self.st.logger, logging.WARNING, "offload.checkpoint_pending",
+                      engagements=len(pending))
+        await self.refresh_metrics()
+        return done
 
     async def run(self) -> None:
         """Seal pending transcripts; sleep until a new plan (or a 5 s backstop)."""

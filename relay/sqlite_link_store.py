@@ -90,8 +90,9 @@ class LinkStoreMixin:
                 # Every offload envelope of the transcript is in the vault: purge it here.
                 await conn.execute("DELETE FROM transcripts WHERE account=? AND engagement=?",
                                    (account, engagement))
-                await conn.execute("UPDATE offload SET state='done' WHERE account=? AND"
-                                   " engagement=?", (account, engagement))
+                # Purged, checkpoint pending until the WAL is folded (Offloader.purged).
+                await conn.execute("UPDATE offload SET state='done', checkpoint_pending=1"
+                                   " WHERE account=? AND engagement=?", (account, engagement))
                 offloaded.append(engagement)
             return ReceiptOutcome(tuple(deleted), tuple(offloaded))
         result: ReceiptOutcome = await self._write(op)
@@ -167,4 +168,19 @@ class LinkStoreMixin:
                                  args)
         out = {"pending": 0, "queued": 0, "done": 0, "rejected": 0}
         out.update({str(r[0]): int(r[1]) for r in rows})
+        rows = await self._fetch(f"SELECT count(*) FROM offload {where}"
+                                 f" {'AND' if where else 'WHERE'} checkpoint_pending=1", args)
+        out["checkpoint_pending"] = int(rows[0][0])  # among "done": not a separate state
         return out
+
+    async def checkpoint_pending(self) -> list[tuple[str, str]]:
+        """Purged ``(account, engagement)`` pairs whose WAL checkpoint has not completed."""
+        rows = await self._fetch("SELECT account, engagement FROM offload WHERE"
+                                 " checkpoint_pending=1 ORDER BY account, engagement")
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def clear_checkpoint_pending(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Mark these purges checkpointed (only those read before the checkpoint ran)."""
+        await self._write(lambda c: c.executemany(
+            "UPDATE offload SET checkpoint_pending=0 WHERE account=? AND engagement=?",
+            list(pairs)))

@@ -12,6 +12,7 @@ pages of the file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import sqlite3
@@ -359,11 +360,29 @@ class SqliteStore(LinkStoreMixin):
             return cur.rowcount
         return int(await self._write(op))
 
-    async def checkpoint(self) -> None:
-        """Fold the WAL into the main file (after deletes, so no old pages linger)."""
-        await self._write(lambda c: c.execute("SELECT 1"))
-        assert self._writer is not None
-        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    async def checkpoint(self, *, attempts: int = 5, pause: float = 0.05) -> bool:
+        """Fold the WAL into the main file and truncate it; False if it did not complete.
+
+        After a purge the -wal file still holds page images of the deleted rows. A
+        reader holding a snapshot blocks TRUNCATE (the result's ``busy`` column is 1),
+        so the result is checked and retried a bounded number of times; the caller
+        keeps its work marked pending on False instead of trusting a skipped checkpoint.
+        It runs on its own short-lived connection with a short busy timeout: never
+        inside a group-commit transaction, and never holding the write lock for long.
+        """
+        await self._write(lambda c: c.execute("SELECT 1"))  # everything queued is committed
+        async with aiosqlite.connect(self.path, isolation_level=None) as conn:
+            await conn.execute("PRAGMA busy_timeout=50")
+            for attempt in range(attempts):
+                async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                    row = await cur.fetchone()
+                # (busy, log frames, checkpointed frames): complete when not busy and
+                # every frame of the log was copied back.
+                if row is not None and int(row[0]) == 0 and int(row[1]) == int(row[2]):
+                    return True
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(pause * (attempt + 1))
+        return False
 
 
 def _statements(sql: str) -> list[str]:

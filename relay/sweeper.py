@@ -29,6 +29,8 @@ async def sweep_once(st: RelayState, *, now: float) -> int:
             acct.account, before=retention_cutoff(now, acct.retention_days))
     if deleted:
         await st.store.checkpoint()
+    if st.offload is not None:
+        await st.offload.fold_wal()  # retries an offload purge's pending checkpoint
     st.metrics.sweeper_runs.inc()
     st.metrics.transcripts_swept.inc(deleted)
     log_event(st.logger, logging.INFO, "sweeper.run", deleted=deleted)
