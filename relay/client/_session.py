@@ -126,6 +126,14 @@ class Session:
         self.on_binary: Any = None
         self.on_text: Any = None
 
+    async def next_event(self, timeout: float = 10.0, *, types: tuple[str, ...] = ()
+                         ) -> dict[str, Any]:
+        """The next event (skipping those whose type is not in ``types`` when given)."""
+        while True:
+            event = await asyncio.wait_for(self.events.get(), timeout)
+            if not types or event.get("type") in types:
+                return event
+
     async def open(self, hello: dict[str, Any]) -> dict[str, Any]:
         """Connect, send hello, wait for welcome, start reading."""
         self.closed = None

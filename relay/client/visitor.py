@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -200,10 +199,7 @@ class VisitorClient:
                          ) -> dict[str, Any]:
         """The next event (skipping those whose type is not in ``types`` when given)."""
         assert self.session is not None
-        while True:
-            event = await asyncio.wait_for(self.session.events.get(), timeout)
-            if not types or event.get("type") in types:
-                return event
+        return await self.session.next_event(timeout, types=types)
 
     async def drop(self) -> None:
         """Lose the connection abruptly (as a flaky network would)."""
