@@ -304,3 +304,22 @@ def test_pin_is_validated_at_load(tmp_path: pathlib.Path, pki: Pki) -> None:
             _load(tmp_path, relay_cert_sha256=bad)
     with pytest.raises(ConfigError, match="not both"):
         _load(tmp_path, relay_cert_sha256=pki.leaf_sha256, relay_ca_file=pki.ca_file)
+
+
+async def test_pair_command_reads_the_pin_from_config(tls_relay: TlsRelay, vault: Vault,
+                                                      pki: Pki, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from controller_vault.__main__ import main
+
+    def pair(pin: str) -> int:
+        monkeypatch.setenv("VAULT_RELAY_CERT_SHA256", pin)
+        return main(["pair", "--relay", tls_relay.url, "--account", ACCOUNT,
+                     "--token", tls_relay.admin, "--state-dir", str(vault.state)])
+
+    # The CLI runs its own event loop, so it goes to a thread; the relay serves from this one.
+    assert await asyncio.wait_for(asyncio.to_thread(pair, "00" * 32), 20) == 1
+    assert "pair.cert_mismatch" in capsys.readouterr().err
+    assert await asyncio.wait_for(asyncio.to_thread(pair, pki.leaf_sha256), 20) == 0
+    assert "paired account clinic" in capsys.readouterr().out
+    assert await asyncio.wait_for(asyncio.to_thread(pair, "not-a-pin"), 20) == 2
+    assert "relay_cert_sha256" in capsys.readouterr().err
