@@ -118,6 +118,11 @@ def _token(args: argparse.Namespace) -> str:
     return str(token)
 
 
+def _tls(cfg: VaultConfig) -> dict[str, str | None]:
+    # The same certificate checks as the vault link (pairing.relay_ssl reads them).
+    return {"ca_file": cfg.relay_ca_file or None, "cert_sha256": cfg.relay_cert_sha256 or None}
+
+
 def _keys(cfg: VaultConfig) -> VaultKeys:
     from .keyfiles import load_vault_keys, read_passphrase
 
@@ -190,8 +195,7 @@ def _rotate(args: argparse.Namespace) -> int:
     print(f"new vault encryption key id: {keys.current_key_id} "
           f"({len(keys.encryption_keys)} keys kept for opening)")
     if args.relay:
-        asyncio.run(publish_vault_key(args.relay, _token(args), keys,
-                                      ca_file=cfg.relay_ca_file or None))
+        asyncio.run(publish_vault_key(args.relay, _token(args), keys, **_tls(cfg)))
         print(f"statement published at {args.relay}")
     else:
         print("run `controller-vault pair` to publish the new statement at the relay")
@@ -206,10 +210,10 @@ def _pair(args: argparse.Namespace) -> int:
     keys = _keys(cfg)
     if keys.account != args.account:
         raise VaultError("this vault was initialised for another account", code="cli.usage")
-    token, ca_file = _token(args), cfg.relay_ca_file or None
-    asyncio.run(publish_vault_key(args.relay, token, keys, ca_file=ca_file))
+    token = _token(args)
+    asyncio.run(publish_vault_key(args.relay, token, keys, **_tls(cfg)))
     relay_key = asyncio.run(fetch_relay_signing_key(args.relay, token, keys.account,
-                                                    ca_file=ca_file))
+                                                    **_tls(cfg)))
     print(f"paired account {keys.account} at {args.relay}; "
           f"identity fingerprint {keys.identity.fingerprint}")
     if relay_key is None:
@@ -248,7 +252,7 @@ def _certify(args: argparse.Namespace) -> int:
     print(json.dumps(cert))
     if args.relay:
         asyncio.run(publish_agent_certificate(args.relay, _token(args), keys.account, cert,
-                                              ca_file=cfg.relay_ca_file or None))
+                                              **_tls(cfg)))
         print(f"certificate published at {args.relay}", file=sys.stderr)
     return 0
 

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import pathlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from envelope.limits import ACCOUNT_PATTERN
 
@@ -25,7 +27,8 @@ from .staff.mailer import SmtpConfig
 from .staff.redaction import RedactionRules
 from .staff.retention import RetentionRules
 
-__all__ = ["StaffSettings", "VaultConfig", "config_help", "load_config", "load_staff_settings"]
+__all__ = ["StaffSettings", "VaultConfig", "check_relay_url", "config_help", "load_config",
+           "load_staff_settings", "parse_cert_sha256"]
 
 
 def _f(default: Any, help_text: str) -> Any:
@@ -43,6 +46,9 @@ class VaultConfig:
     port: int = _f(8470, "port of the staff API")
     passphrase_file: str = _f("", "file holding the passphrase that protects the secret files")
     relay_ca_file: str = _f("", "CA bundle to verify the relay's TLS certificate (default: system)")
+    relay_cert_sha256: str = _f("", "SHA-256 fingerprint of the relay's leaf certificate, hex, "
+                                "colons allowed; when set, the link and `pair` accept only "
+                                "that certificate (replaces CA checks; excludes relay_ca_file)")
     batch_max: int = _f(256, "most envelopes committed in one group commit")
     batch_wait_ms: int = _f(20, "how long the link waits to fill a batch before committing")
     busy_timeout_ms: int = _f(2000, "how long a write waits on a locked database before failing")
@@ -66,6 +72,43 @@ class VaultConfig:
 def config_help() -> dict[str, str]:
     """Field name -> help line (the docs test checks every field is documented)."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(VaultConfig)}
+
+
+def parse_cert_sha256(text: str) -> bytes:
+    """The 32 bytes of a SHA-256 certificate fingerprint written in hex (colons allowed)."""
+    digits = text.strip().replace(":", "").lower()
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise ConfigError("config field relay_cert_sha256 must be a SHA-256 fingerprint: "
+                          "64 hex digits, colons allowed (openssl x509 -noout -fingerprint "
+                          "-sha256 -in relay.pem)")
+    return bytes.fromhex(digits)
+
+
+_LOOPBACK_NAMES = {"localhost"}
+
+
+def check_relay_url(url: str) -> None:
+    """Refuse anything but https://, or http:// to this machine (local tests and demo)."""
+    # A typo ("http://relay.example") would otherwise send the link handshake, the
+    # admin token of `pair` and every envelope's metadata in clear text to whoever is
+    # on the path; plain HTTP is allowed only where no network is crossed.
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+    except ValueError:
+        host = ""
+    if not host or parts.scheme not in ("http", "https"):
+        raise ConfigError("config field relay_url must be an https:// URL with a host")
+    if parts.scheme == "https":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in _LOOPBACK_NAMES
+    if not loopback:
+        raise ConfigError(f"config field relay_url must use https:// for host {host}; "
+                          "http:// is allowed only for 127.0.0.1, ::1 or localhost")
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
@@ -117,8 +160,15 @@ def load_config(path: str | os.PathLike[str] | None,
         raise ConfigError("config field state_dir is required")
     if not 1 <= cfg.batch_max <= 1024:
         raise ConfigError("config field batch_max must be 1..1024 (receipt item limit)")
-    if cfg.relay_url and not cfg.relay_url.startswith(("http://", "https://")):
-        raise ConfigError("config field relay_url must be an http(s) URL")
+    if cfg.relay_url:
+        check_relay_url(cfg.relay_url)
+    if cfg.relay_cert_sha256:
+        parse_cert_sha256(cfg.relay_cert_sha256)
+        if cfg.relay_ca_file:
+            # aiohttp checks either a CA chain or a pin, never both: say which one wins
+            # rather than silently ignoring one of them.
+            raise ConfigError("set relay_ca_file or relay_cert_sha256, not both "
+                              "(a pinned certificate replaces CA verification)")
     return cfg
 
 

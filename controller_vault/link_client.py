@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +48,7 @@ from .errors import StoreUnavailable
 from .ingest import Ingestor
 from .keyfiles import VaultKeys
 from .metrics import VaultMetrics
+from .pairing import relay_ssl
 from .staff_services import NoticePump
 
 __all__ = ["VaultLink", "backoff_delay", "relay_origin"]
@@ -101,9 +101,7 @@ class VaultLink:
         """Connect, serve, back off, forever (until cancelled)."""
         attempt = 0
         ws_url = self._config.relay_url.rstrip("/").replace("http", "ws", 1) + "/v1/vault/link"
-        ssl_ctx: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=self._config.relay_ca_file)
-            if self._config.relay_ca_file else True)
+        ssl_ctx = relay_ssl(self._config.relay_ca_file, self._config.relay_cert_sha256)
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.sessions:
