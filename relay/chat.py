@@ -299,11 +299,13 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
             return ws
         agent_kid = None
         if compliance:
-            certs = {c.key_id: c for c in await st.store.agent_certificates(account)
-                     if c.agent == agent}
-            if hello.key_id not in certs or acct.identity_key is None:
+            row = await st.store.agent_certificate(account, hello.key_id) \
+                if hello.key_id else None
+            # The certificate must be this agent's: another agent's key would let one
+            # pseudonym speak under another's certified identity.
+            if row is None or row.agent != agent or acct.identity_key is None:
                 raise _Refused("auth.forbidden", "no certificate for this agent key")
-            cert = verify_agent_certificate(certs[hello.key_id].certificate, acct.identity_key,
+            cert = verify_agent_certificate(row.certificate, acct.identity_key,
                                             account=account, now=int(st.clock()))
             agent_kid = key_id(cert.signing_public_key)
         conn = hub.new_conn(ws, "agent", account)
