@@ -134,14 +134,16 @@ async def _check_backpressure(st: RelayState, account: str) -> None:
 
 
 async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement, role: str,
-                   agent: str | None, seq: int, payload: dict[str, Any] | bytes) -> None:
+                   agent: str | None, seq: int, payload: dict[str, Any] | bytes,
+                   header: Any = None) -> None:
     """Make one message durable (outbox or encrypted transcript) before it is acked."""
     now = int(st.clock())
     if isinstance(payload, bytes):
         if hub.outbox_bytes + len(payload) > st.config.outbox_max_bytes:
             raise _Refused("outbox.full", "the account's outbox is full; try later")
-        header = check_shape(payload, account=acct.account,
-                             vault_key_id=acct.vault_key_id or "")
+        # The header _envelope_for already checked (same bytes): parsed once per frame.
+        header = header or check_shape(payload, account=acct.account,
+                                       vault_key_id=acct.vault_key_id or "")
         await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id, eng.id,
                                                   envelope_hash(payload), payload, now)])
         hub.outbox_bytes += len(payload)
@@ -154,10 +156,10 @@ async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement,
 
 async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse, acct: Account,
                    eng: Engagement, role: str, agent: str | None, stream: str, seq: int,
-                   payload: dict[str, Any] | bytes) -> None:
+                   payload: dict[str, Any] | bytes, header: Any = None) -> None:
     started = time.perf_counter()
     Router.check_seq(eng, stream, seq)
-    await _durable(st, hub, acct, eng, role, agent, seq, payload)
+    await _durable(st, hub, acct, eng, role, agent, seq, payload, header)
     size = len(payload) if isinstance(payload, bytes) else len(str(payload.get("text", "")))
     deliveries = hub.router.message(eng=eng, role=role, stream=stream, seq=seq,
                                     payload=payload, size=size, now=st.clock())
@@ -240,7 +242,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                 if header.engagement != eng.id:
                     raise _Refused("envelope.wrong_engagement", "envelope for another engagement")
                 await _message(st, hub, ws, acct, eng, "visitor", None, "visitor",
-                               header.sequence, bytes(msg.data))
+                               header.sequence, bytes(msg.data), header)
                 continue
             frame = parse_text_frame(msg.data, role="visitor", compliance=compliance)
             if frame.type == "msg":
@@ -327,7 +329,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                 header = _envelope_for(acct, msg.data, "agent", agent_kid)
                 eng = hub.router.agent_engagement(conn.id, header.engagement)[1]
                 await _message(st, hub, ws, acct, eng, "agent", agent, stream, header.sequence,
-                               bytes(msg.data))
+                               bytes(msg.data), header)
                 continue
             frame = parse_text_frame(msg.data, role="agent", compliance=compliance)
             ids["engagement"] = frame.engagement
