@@ -163,7 +163,8 @@ async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse,
     size = len(payload) if isinstance(payload, bytes) else len(str(payload.get("text", "")))
     deliveries = hub.router.message(eng=eng, role=role, stream=stream, seq=seq,
                                     payload=payload, size=size, now=st.clock())
-    await conn_ws.send_json({"type": "ack", "engagement": eng.id, "seq": seq})
+    # Formatted, not json.dumps'd: both values match fixed patterns (no escaping needed).
+    await conn_ws.send_str(f'{{"type": "ack", "engagement": "{eng.id}", "seq": {seq}}}')
     await hub.deliver(deliveries)
     st.metrics.frames_relayed.labels(acct.mode, f"from_{role}").inc()
     st.metrics.routing_latency.observe(time.perf_counter() - started)
