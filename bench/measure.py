@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadgen import MEASURED, MEASURING  # type: ignore[import-not-found]
-from relay_load import provision  # type: ignore[import-not-found]
+from relay_load import agent_names, provision  # type: ignore[import-not-found]
 from servers import (  # type: ignore[import-not-found]
     BENCH,
     ROOT,
@@ -30,10 +30,11 @@ from servers import (  # type: ignore[import-not-found]
     start_bare,
     start_relay,
     start_socketio,
+    start_vault,
 )
 
-__all__ = ["Sizes", "backlog_growth", "growth", "idle_memory", "latency", "loadgen",
-           "relay_server", "throughput", "vault_ingest"]
+__all__ = ["RelayRun", "Sizes", "backlog_growth", "drain", "growth", "idle_memory", "latency",
+           "loadgen", "relay_server", "throughput", "vault_ingest"]
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,61 @@ def loadgen(url: str, kind: str, pairs: int, duration: float, *, procs: int,
     return result
 
 
+@dataclass
+class RelayRun:
+    """A relay under test, its paired vault (when running) and the load generator's setup."""
+
+    srv: Server
+    setup: pathlib.Path
+    vault_dir: pathlib.Path
+    vault: Server | None = None
+
+
 @contextmanager
-def relay_server(tmp: pathlib.Path, name: str, **settings: object
-                 ) -> Iterator[tuple[Server, pathlib.Path]]:
-    """A fresh relay with a provisioned compliance account; yields it and the setup file."""
+def relay_server(tmp: pathlib.Path, name: str, agents: list[str] | None = None, *,
+                 vault: bool = True, **settings: object) -> Iterator[RelayRun]:
+    """A fresh relay, a compliance account paired to a real vault, certified ``agents``.
+
+    With ``vault`` the vault's ``serve`` runs throughout (the whole path: the outbox is
+    delivered, receipted and deleted while the load runs); otherwise it stays offline
+    until :func:`drain` starts it.
+    """
     with start_relay(tmp / name / "state", **settings) as srv:
-        setup = asyncio.run(provision(srv.url, srv.operator_token, now=int(time.time())))
+        vault_dir = tmp / name / "vault"
+        setup = asyncio.run(provision(srv.url, srv.operator_token, vault_dir, agents or [],
+                                      now=int(time.time())))
         path = tmp / name / "setup.json"
         path.write_text(json.dumps(setup))
-        yield srv, path
+        run = RelayRun(srv, path, vault_dir)
+        if not vault:
+            yield run
+            return
+        with start_vault(vault_dir, srv.url) as vsrv:
+            run.vault = vsrv
+            yield run
+
+
+def drain(run: RelayRun, bound: float = 180.0) -> dict[str, Any]:
+    """Wait (bounded) until the relay's outbox backlog is 0; start the vault if offline."""
+    started = time.monotonic()
+    before = metric(run.srv.url, "relay_outbox_backlog")
+
+    def wait() -> dict[str, Any]:
+        while True:
+            left = metric(run.srv.url, "relay_outbox_backlog")
+            took = time.monotonic() - started
+            if left == 0 or took > bound:
+                return {"backlog_before_drain": before, "backlog_after_drain": left,
+                        "drain_seconds": round(took, 2),
+                        "drained": left == 0}
+            time.sleep(0.2)
+    if run.vault is not None:
+        return wait()
+    with start_vault(run.vault_dir, run.srv.url) as vsrv:
+        run.vault = vsrv
+        result = wait()
+    run.vault = None
+    return result
 
 
 def metric(url: str, name: str) -> float | None:
@@ -141,7 +188,9 @@ def _relay_load(tmp: pathlib.Path, name: str, sizes: Sizes, pairs: int, *,
     # retries is kept in the result, and the lead has the report.
     for attempt in range(2):
         try:
-            with relay_server(tmp, f"{name}-{attempt}", **settings) as (srv, setup):
+            with relay_server(tmp, f"{name}-{attempt}", agent_names(pairs, per_agent),
+                              **settings) as run:
+                srv, setup = run.srv, run.setup
                 stock = count or (int(rate * sizes.duration / (2 * pairs)) + 2 if rate
                                   else _stock(sizes, pairs, sizes.duration))
                 result = loadgen(srv.url, "relay", pairs, sizes.duration, procs=sizes.procs,
@@ -149,6 +198,8 @@ def _relay_load(tmp: pathlib.Path, name: str, sizes: Sizes, pairs: int, *,
                                  window=window, server_pid=srv.pid)
                 result["server_rss_kib"] = rss_kib(srv.pid)
                 result["outbox_backlog"] = metric(srv.url, "relay_outbox_backlog")
+                result.update(drain(run))
+                result["vault_rss_kib"] = rss_kib(run.vault.pid) if run.vault else None
                 result["retries"] = attempt
                 return result
         except RuntimeError as exc:
@@ -189,7 +240,8 @@ def idle_memory(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]:
     """Relay RSS per idle visitor websocket (engagement opened, then silent)."""
     rows: dict[str, dict[str, Any]] = {}
     for n in sizes.idle:
-        with relay_server(tmp, f"idle{n}") as (srv, setup):
+        with relay_server(tmp, f"idle{n}") as run:
+            srv, setup = run.srv, run.setup
             before = rss_kib(srv.pid)
             argv = [sys.executable, str(BENCH / "idle_clients.py"), "--url", srv.url,
                     "--setup", str(setup), "--n", str(n), "--procs", str(sizes.procs)]
@@ -234,7 +286,12 @@ def backlog_growth(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]
     """Throughput and memory in successive rounds while the outbox backlog grows."""
     rows: dict[str, dict[str, Any]] = {}
     pairs = sizes.engagements[0]
-    with relay_server(tmp, "backlog") as (srv, setup):
+    agents = [a for r in range(sizes.backlog_rounds)
+              for a in agent_names(pairs, 1, prefix=f"r{r}")]
+    # The vault stays offline during the rounds (a vault down for a while), then starts
+    # and the time it takes to collect the whole backlog is the last row.
+    with relay_server(tmp, "backlog", agents, vault=False) as run:
+        srv, setup = run.srv, run.setup
         base = json.loads(setup.read_text())
         for r in range(sizes.backlog_rounds):
             round_setup = tmp / "backlog" / f"setup{r}.json"
@@ -248,6 +305,7 @@ def backlog_growth(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]
             result["backlog_before"] = backlog
             result["server_rss_kib"] = rss_kib(srv.pid)
             rows[f"backlog.round{r + 1}"] = result
+        rows["backlog.drain"] = drain(run, bound=300.0)
     return rows
 
 

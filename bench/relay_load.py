@@ -1,11 +1,15 @@
 """The relay's side of the load generator: compliance-mode engagements with real envelopes.
 
-``provision`` (run once per relay, by bench/run_all.py) creates a compliance-mode account
-over the admin API and pairs it with a vault identity; it returns the *setup* dict the
-load generator's processes read from ``--relay-setup FILE``.
+``provision`` (run once per relay, by bench/measure.py) creates the account over the
+admin API, has a real vault (``controller-vault init`` + ``pair``, in ``vault_dir``)
+publish its identity and key statement, certifies every agent device the run will use
+with that vault's identity (recorded in the vault's own store, as ``certify-agent``
+does, so the vault's ingest trusts their envelopes), publishes the certificates at the
+relay and turns compliance mode on. It returns the *setup* dict the load generator's
+processes read from ``--relay-setup FILE``.
 
 ``RelayPairs`` opens, for its part of the pairs, one agent socket per ``per_agent``
-engagements (the agent device is certified by the vault identity) and one visitor socket
+engagements (with the pre-certified device keys of the setup) and one visitor socket
 per engagement, has each agent accept exactly its own visitors, and then **pre-seals**
 every envelope the run may send (``preseal``): sealing is the clients' work, done in
 each visitor's browser and agent's console, so it is kept out of the measured window
@@ -14,33 +18,24 @@ is a 1 KiB text message sealed to the vault and the peer, about 1.5 KiB on the w
 
 Setup dict::
 
-    {"account": ACCT, "origin": ORIGIN, "admin": ADMIN_TOKEN,
-     "identity_seed": B64, "vault_key": B64}
+    {"account": ACCT, "origin": ORIGIN, "admin": ADMIN_TOKEN, "vault_key": B64,
+     "agents": {NAME: {"keys": PartyKeys.to_json(), "certificate": CERT}}}
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
+import pathlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
+from servers import init_vault  # type: ignore[import-not-found]
 
-from envelope import (
-    EncryptionKey,
-    IdentityKey,
-    PartyKeys,
-    b64d,
-    b64e,
-    encode_body,
-    seal,
-    sign_agent_certificate,
-    sign_vault_key_statement,
-)
+from envelope import PartyKeys, b64d, b64e, encode_body, seal
 
-__all__ = ["RelayPairs", "provision"]
+__all__ = ["RelayPairs", "agent_names", "provision"]
 
 TEXT = ("Hello, I would like to ask about my appointment next week. " * 20)[:1024]
 ORIGIN = "https://bench.example"
@@ -56,12 +51,33 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, token: str,
         return data
 
 
-async def provision(url: str, operator_token: str, account: str = "bench", *,
-                    identity: IdentityKey | None = None,
-                    vault_key: EncryptionKey | None = None, now: int) -> dict[str, str]:
-    """Create a compliance-mode account paired to ``identity``; return the setup dict."""
-    identity = identity or IdentityKey.generate()
-    vault_key = vault_key or EncryptionKey.generate()
+async def _certify(vault_dir: pathlib.Path, agents: Sequence[str], now: int
+                   ) -> tuple[bytes, dict[str, dict[str, Any]]]:
+    """Certify each agent's fresh device keys in the vault's store; the vault's key too."""
+    from controller_vault.certify import certify_agent
+    from controller_vault.keyfiles import load_vault_keys
+    from controller_vault.store import VaultStore
+
+    keys = load_vault_keys(vault_dir)
+    store = await VaultStore.open(vault_dir / "vault.db", keys.account)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for name in agents:
+            party = PartyKeys.generate()
+            cert = await certify_agent(store, keys, agent=name,
+                                       encryption_key=party.encryption.public_bytes,
+                                       signing_key=party.signing_public_bytes, now=now,
+                                       days=2)
+            out[name] = {"keys": party.to_json(), "certificate": cert}
+    finally:
+        await store.close()
+    return keys.current_key.public_bytes, out
+
+
+async def provision(url: str, operator_token: str, vault_dir: pathlib.Path,
+                    agents: Sequence[str], account: str = "bench", *, now: int
+                    ) -> dict[str, Any]:
+    """Account + real paired vault + certified agents, compliance on; the setup dict."""
     base = url.rstrip("/")
     async with aiohttp.ClientSession() as http:
         await _call(http, "POST", f"{base}/v1/accounts", operator_token, {
@@ -69,15 +85,24 @@ async def provision(url: str, operator_token: str, account: str = "bench", *,
             "retention_days": 30})
         admin = (await _call(http, "POST", f"{base}/v1/accounts/{account}/admin-tokens",
                              operator_token))["token"]
-        statement = sign_vault_key_statement(identity, account=account,
-                                             key=vault_key.public_bytes,
-                                             not_before=now - 60, not_after=now + 86400)
-        await _call(http, "PUT", f"{base}/v1/accounts/{account}/vault", admin, {
-            "identity_key": b64e(identity.public_bytes), "key_statement": statement})
+        await asyncio.to_thread(init_vault, vault_dir, account, base, admin)
+        vault_key, certified = await _certify(vault_dir, agents, now)
+        gate = asyncio.Semaphore(16)
+
+        async def publish(cert: dict[str, str]) -> None:
+            async with gate:
+                await _call(http, "POST", f"{base}/v1/accounts/{account}/agent-certificates",
+                            admin, {"certificate": cert})
+        await asyncio.gather(*(publish(a["certificate"]) for a in certified.values()))
         await _call(http, "PUT", f"{base}/v1/accounts/{account}/mode", admin,
                     {"mode": "compliance"})
     return {"account": account, "origin": ORIGIN, "admin": admin,
-            "identity_seed": b64e(identity.seed), "vault_key": b64e(vault_key.public_bytes)}
+            "vault_key": b64e(vault_key), "agents": certified}
+
+
+def agent_names(pairs: int, per_agent: int, prefix: str = "a") -> list[str]:
+    """The agent pseudonyms a run of ``pairs`` engagements uses (as ``connect`` names them)."""
+    return [f"{prefix}{j:06d}" for j in range(-(-pairs // per_agent))]
 
 
 class _Socket:
@@ -127,7 +152,6 @@ class RelayPairs:
                  on_message: Callable[[bytes], None], *, per_agent: int, window: int) -> None:
         self.session, self.url, self.setup = session, url.rstrip("/"), setup
         self.on_message, self.per_agent, self.window = on_message, per_agent, window
-        self.identity = IdentityKey.from_seed(b64d(setup["identity_seed"]))
         self.vault_key = b64d(setup["vault_key"])
         self.sockets: list[_Socket] = []
         self.token_retries = 0
@@ -136,14 +160,7 @@ class RelayPairs:
 
     async def _agent(self, http: aiohttp.ClientSession, name: str) -> tuple[_Socket, PartyKeys]:
         acct, admin = self.setup["account"], self.setup["admin"]
-        keys = PartyKeys.generate()
-        now = int(time.time())
-        cert = sign_agent_certificate(self.identity, account=acct, agent=name,
-                                      encryption_key=keys.encryption.public_bytes,
-                                      signing_key=keys.signing_public_bytes,
-                                      not_before=now - 60, not_after=now + 86400)
-        await _call(http, "POST", f"{self.url}/v1/accounts/{acct}/agent-certificates", admin,
-                    {"certificate": cert})
+        keys = PartyKeys.from_json(self.setup["agents"][name]["keys"])
         token = (await _call(http, "POST", f"{self.url}/v1/accounts/{acct}/agent-tokens",
                              admin, {"agent": name}))["token"]
         for attempt in range(4):

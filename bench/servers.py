@@ -16,11 +16,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Server", "cpu_seconds", "free_port", "raise_nofile", "rss_kib", "start_bare",
-           "start_relay", "start_socketio"]
+__all__ = ["Server", "cpu_seconds", "free_port", "init_vault", "raise_nofile", "rss_kib",
+           "start_bare", "start_relay", "start_socketio", "start_vault"]
 
 BENCH = pathlib.Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -143,5 +144,52 @@ def start_relay(state_dir: pathlib.Path, **settings: object) -> Iterator[Server]
         line = _await_line(proc, '{"event": "relay.listening"')
         assert json.loads(line)["port"] == port
         yield Server(f"http://127.0.0.1:{port}", proc, state_dir, token)
+    finally:
+        _stop(proc)
+
+
+def _vault_cli(state_dir: pathlib.Path, *args: str, admin_token: str = "") -> str:
+    out = subprocess.run([sys.executable, "-m", "controller_vault", *args, "--state-dir",
+                          str(state_dir)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env={**os.environ, "RELAY_ADMIN_TOKEN": admin_token},
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"controller-vault {args[0]} failed: {out.stderr[-1000:]}")
+    return out.stdout
+
+
+def init_vault(state_dir: pathlib.Path, account: str, relay_url: str, admin_token: str) -> None:
+    """``controller-vault init`` then ``pair``: the controller's own set-up steps."""
+    _vault_cli(state_dir, "init", "--account", account)
+    _vault_cli(state_dir, "pair", "--relay", relay_url, "--account", account,
+               admin_token=admin_token)
+
+
+@contextlib.contextmanager
+def start_vault(state_dir: pathlib.Path, relay_url: str) -> Iterator[Server]:
+    """``controller-vault serve`` on an initialised, paired state directory, dialing the relay."""
+    port = free_port()
+    env = {**os.environ, "VAULT_RELAY_URL": relay_url, "VAULT_PORT": str(port),
+           "VAULT_HOST": "127.0.0.1", "VAULT_BACKOFF_INITIAL_S": "0.05",
+           "VAULT_BACKOFF_MAX_S": "0.5"}
+    log = (state_dir.parent / f"{state_dir.name}.out").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "controller_vault", "serve", "--state-dir",
+                             str(state_dir)], stdout=log, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT, env=env)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:  # noqa: S310 (127.0.0.1)
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("vault did not start")
+            time.sleep(0.1)
+        yield Server(url, proc, state_dir)
     finally:
         _stop(proc)

@@ -152,14 +152,16 @@ def _check_vault_key(acct: Account, now: float) -> None:
 
 
 async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement, role: str,
-                   agent: str | None, seq: int, payload: dict[str, Any] | bytes) -> None:
+                   agent: str | None, seq: int, payload: dict[str, Any] | bytes,
+                   header: Any = None) -> None:
     """Make one message durable (outbox or encrypted transcript) before it is acked."""
     now = int(st.clock())
     if isinstance(payload, bytes):
         if hub.outbox_bytes + len(payload) > st.config.outbox_max_bytes:
             raise _Refused("outbox.full", "the account's outbox is full; try later")
-        header = check_shape(payload, account=acct.account,
-                             vault_key_id=acct.vault_key_id or "")
+        # The header _envelope_for already checked (same bytes): parsed once per frame.
+        header = header or check_shape(payload, account=acct.account,
+                                       vault_key_id=acct.vault_key_id or "")
         try:
             await st.store.append_outbox([OutboxEntry(acct.account, 0, header.envelope_id,
                                                       eng.id, envelope_hash(payload), payload,
@@ -178,15 +180,16 @@ async def _durable(st: RelayState, hub: ChatHub, acct: Account, eng: Engagement,
 
 async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse, acct: Account,
                    eng: Engagement, role: str, agent: str | None, stream: str, seq: int,
-                   payload: dict[str, Any] | bytes) -> None:
+                   payload: dict[str, Any] | bytes, header: Any = None) -> None:
     started = time.perf_counter()
     Router.check_seq(eng, stream, seq)
     size = len(payload) if isinstance(payload, bytes) else len(str(payload.get("text", "")))
     hub.router.check_room(eng, role, size)  # before it is durable: a refusal stores nothing
-    await _durable(st, hub, acct, eng, role, agent, seq, payload)
+    await _durable(st, hub, acct, eng, role, agent, seq, payload, header)
     deliveries = hub.router.message(eng=eng, role=role, stream=stream, seq=seq,
                                     payload=payload, size=size, now=st.clock())
-    await conn_ws.send_json({"type": "ack", "engagement": eng.id, "seq": seq})
+    # Formatted, not json.dumps'd: both values match fixed patterns (no escaping needed).
+    await conn_ws.send_str(f'{{"type": "ack", "engagement": "{eng.id}", "seq": {seq}}}')
     await hub.deliver(deliveries)
     st.metrics.frames_relayed.labels(acct.mode, f"from_{role}").inc()
     st.metrics.routing_latency.observe(time.perf_counter() - started)
@@ -269,7 +272,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                 if header.engagement != eng.id:
                     raise _Refused("envelope.wrong_engagement", "envelope for another engagement")
                 await _message(st, hub, ws, acct, eng, "visitor", None, "visitor",
-                               header.sequence, bytes(msg.data))
+                               header.sequence, bytes(msg.data), header)
                 continue
             frame = parse_text_frame(msg.data, role="visitor", compliance=compliance)
             if frame.type == "msg":
@@ -340,11 +343,13 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
             return ws
         agent_kid = None
         if compliance:
-            certs = {c.key_id: c for c in await st.store.agent_certificates(account)
-                     if c.agent == agent}
-            if hello.key_id not in certs or acct.identity_key is None:
+            row = await st.store.agent_certificate(account, hello.key_id) \
+                if hello.key_id else None
+            # The certificate must be this agent's: another agent's key would let one
+            # pseudonym speak under another's certified identity.
+            if row is None or row.agent != agent or acct.identity_key is None:
                 raise _Refused("auth.forbidden", "no certificate for this agent key")
-            cert = verify_agent_certificate(certs[hello.key_id].certificate, acct.identity_key,
+            cert = verify_agent_certificate(row.certificate, acct.identity_key,
                                             account=account, now=int(st.clock()))
             agent_kid = key_id(cert.signing_public_key)
         conn = hub.new_conn(ws, "agent", account)
@@ -366,7 +371,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                 header = _envelope_for(acct, msg.data, "agent", agent_kid)
                 eng = hub.router.agent_engagement(conn.id, header.engagement)[1]
                 await _message(st, hub, ws, acct, eng, "agent", agent, stream, header.sequence,
-                               bytes(msg.data))
+                               bytes(msg.data), header)
                 continue
             frame = parse_text_frame(msg.data, role="agent", compliance=compliance)
             ids["engagement"] = frame.engagement

@@ -18,77 +18,12 @@ Engagement states::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from .resume_buffer import PartyLog as _PartyLog
+from .routing_model import AgentSeat, Delivery, Engagement, RoutingError
 
 __all__ = ["AgentSeat", "Delivery", "Engagement", "Router", "RoutingError"]
-
-
-class RoutingError(Exception):
-    """A refused event; ``code`` is stable (it becomes an error frame and close reason)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """Send ``payload`` (JSON object or envelope bytes) to connection ``conn``."""
-
-    conn: str
-    payload: dict[str, Any] | bytes
-    dseq: int | None = None
-
-
-@dataclass
-class Engagement:
-    """One live engagement (memory only)."""
-
-    id: str
-    account: str
-    mode: str
-    started_at: float
-    resume_token: str
-    visitor_conn: str | None
-    visitor_keys: dict[str, str] | None
-    visitor_log: _PartyLog
-    agent_log: _PartyLog
-    state: str = "queued"
-    agent: str | None = None
-    agent_key_id: str | None = None
-    offered: set[str] = field(default_factory=set)
-    accepted_at: float | None = None
-    first_response_at: float | None = None
-    ended_at: float | None = None
-    outcome: str = "queued"
-    visitor_gone_at: float | None = None
-    client: str | None = None
-    last_seq: dict[str, int] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=lambda: {
-        "visitor_messages": 0, "agent_messages": 0, "visitor_bytes": 0, "agent_bytes": 0,
-        "transfers": 0})
-
-
-@dataclass
-class AgentSeat:
-    """An agent pseudonym of an account and its live connection."""
-
-    account: str
-    agent: str
-    conn: str | None
-    key_id: str | None
-    capacity: int
-    engagements: set[str] = field(default_factory=set)
-    gone_at: float | None = None
-
-    @property
-    def free(self) -> int:
-        """Engagements this agent can still take."""
-        return self.capacity - len(self.engagements) if self.conn else 0
 
 
 class Router:
@@ -109,6 +44,11 @@ class Router:
         self._conn_visitor: dict[str, str] = {}
         self.dirty: set[str] = set()
         self.closed: list[Engagement] = []
+        # Per-account indexes: a connect scanned every engagement and seat (quadratic).
+        self._live: dict[str, int] = {}
+        self._queued: dict[str, dict[str, Engagement]] = {}
+        self._free: dict[str, dict[str, AgentSeat]] = {}
+        self._seat_order: dict[tuple[str, str], int] = {}
 
     # helpers ----------------------------------------------------------------
 
@@ -158,13 +98,23 @@ class Router:
 
     def live_count(self, account: str) -> int:
         """Live engagements of ``account`` (for the per-account limit)."""
-        return sum(1 for e in self.engagements.values() if e.account == account)
+        return self._live.get(account, 0)
+
+    def _touch(self, seat: AgentSeat) -> None:
+        """Keep the free-seat index in step after the seat's conn or load changed."""
+        free = self._free.setdefault(seat.account, {})
+        free.update({seat.agent: seat}) if seat.free > 0 else free.pop(seat.agent, None)
+
+    def _set_queued(self, eng: Engagement, queued: bool) -> None:
+        q = self._queued.setdefault(eng.account, {})
+        q.update({eng.id: eng}) if queued else q.pop(eng.id, None)
 
     def _offer(self, eng: Engagement) -> list[Delivery]:
         out = []
-        seats = sorted((s for s in self.seats.values()
-                        if s.account == eng.account and s.free > 0 and s.conn not in eng.offered),
-                       key=lambda s: -s.free)
+        order = self._seat_order
+        seats = sorted((s for s in self._free.get(eng.account, {}).values()
+                        if s.free > 0 and s.conn not in eng.offered),
+                       key=lambda s: (-s.free, order[(s.account, s.agent)]))
         for seat in seats:
             assert seat.conn is not None
             eng.offered.add(seat.conn)
@@ -177,7 +127,10 @@ class Router:
         seat = self.seats.get((eng.account, eng.agent)) if eng.agent else None
         if seat is not None:
             seat.engagements.discard(eng.id)
-        self.engagements.pop(eng.id, None)
+            self._touch(seat)
+        if self.engagements.pop(eng.id, None) is not None:
+            self._live[eng.account] -= 1
+        self._set_queued(eng, False)
         self._by_token.pop(eng.resume_token, None)
         if eng.visitor_conn:
             self._conn_visitor.pop(eng.visitor_conn, None)
@@ -188,8 +141,8 @@ class Router:
 
     def _offer_queued(self, seat: AgentSeat) -> list[Delivery]:
         out: list[Delivery] = []
-        for eng in self.engagements.values():
-            if eng.account == seat.account and eng.state == "queued" and seat.free > 0:
+        for eng in list(self._queued.get(seat.account, {}).values()):
+            if eng.state == "queued" and seat.free > 0:
                 out += self._offer(eng)
         return out
 
@@ -213,6 +166,8 @@ class Router:
                          visitor_keys=visitor_keys, visitor_log=self._log(),
                          agent_log=self._log(), client=client)
         self.engagements[engagement] = eng
+        self._live[account] = self._live.get(account, 0) + 1
+        self._set_queued(eng, True)
         self._by_token[resume_token] = engagement
         self._conn_visitor[conn] = engagement
         self.dirty.add(engagement)
@@ -258,11 +213,13 @@ class Router:
         if seat is None:
             seat = self.seats[(account, agent)] = AgentSeat(account, agent, conn, key_id,
                                                             capacity)
+            self._seat_order[(account, agent)] = len(self._seat_order)
         else:
             if seat.conn and seat.conn != conn:
                 self._conn_seat.pop(seat.conn, None)
                 out.append(Delivery(seat.conn, {"type": "superseded"}))
             seat.conn, seat.key_id, seat.capacity, seat.gone_at = conn, key_id, capacity, None
+        self._touch(seat)
         self._conn_seat[conn] = (account, agent)
         attached = []
         for eng_id in sorted(seat.engagements):
@@ -280,7 +237,9 @@ class Router:
         seat = self.seats[key]
         if seat.conn == conn:
             seat.conn, seat.gone_at = None, now
-        for eng in self.engagements.values():
+        self._touch(seat)
+        # Only queued engagements carry offers (accept clears them, close drops them).
+        for eng in self._queued.get(seat.account, {}).values():
             eng.offered.discard(conn)
         return []
 
@@ -296,6 +255,8 @@ class Router:
             seat.key_id
         eng.accepted_at = now
         seat.engagements.add(eng.id)
+        self._touch(seat)
+        self._set_queued(eng, False)
         self.dirty.add(eng.id)
         out = [Delivery(c, {"type": "withdrawn", "engagement": eng.id})
                for c in eng.offered if c != conn]
@@ -328,6 +289,8 @@ class Router:
         eng.agent, eng.agent_key_id = target.agent, target.key_id
         eng.counts["transfers"] += 1
         target.engagements.add(eng.id)
+        self._touch(seat)
+        self._touch(target)
         self.dirty.add(eng.id)
         out += self._to_visitor(eng, {"type": "assigned", "engagement": eng.id,
                                       "agent": target.agent, "key_id": target.key_id})
@@ -422,10 +385,12 @@ class Router:
                     eng = self.engagements[eng_id]
                     # The agent vanished: put the engagement back in the queue.
                     eng.state, eng.agent, eng.agent_key_id = "queued", None, None
+                    self._set_queued(eng, True)
                     eng.agent_log = self._log()
                     out += self._to_visitor(eng, {"type": "queued", "engagement": eng.id})
                     out += self._offer(eng)
                 seat.engagements.clear()
+                self._touch(seat)
         return out
 
     def take_dirty(self) -> list[Engagement]:

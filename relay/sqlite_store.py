@@ -120,8 +120,12 @@ class SqliteStore(LinkStoreMixin):
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         assert self._reader is not None, "store not open"
-        async with self._reader.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        # Execute and fetch in ONE hop to the reader thread, so the statement is finished
+        # (and its read transaction closed) before any other task's read runs. With two
+        # hops, a concurrent task's read landed between them and shared the first read's
+        # WAL snapshot: a token committed a moment earlier was refused as unknown
+        # (auth.bad_token under load; tests/relay/test_relay_read_snapshot.py).
+        return list(await self._reader.execute_fetchall(sql, args))
 
     # accounts -----------------------------------------------------------------
 
@@ -215,6 +219,16 @@ class SqliteStore(LinkStoreMixin):
                                  " agent_certificates WHERE account=? ORDER BY created_at,"
                                  " key_id", (account,))
         return [AgentCertificateRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def agent_certificate(self, account: str, key_id: str) -> AgentCertificateRow | None:
+        """One certificate by its key id (a primary-key lookup), or None."""
+        # Each agent connect used to read (and JSON-parse) every certificate of the
+        # account: quadratic set-up time as an account grew to thousands of agents.
+        rows = await self._fetch("SELECT account, key_id, agent, certificate FROM"
+                                 " agent_certificates WHERE account=? AND key_id=?",
+                                 (account, key_id))
+        return AgentCertificateRow(rows[0][0], rows[0][1], rows[0][2],
+                                   json.loads(rows[0][3])) if rows else None
 
     # engagements ----------------------------------------------------------------
 

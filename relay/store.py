@@ -208,6 +208,9 @@ class RelayStore(Protocol):
     async def agent_certificates(self, account: str) -> list[AgentCertificateRow]:
         """The account's agent certificates."""
 
+    async def agent_certificate(self, account: str, key_id: str) -> AgentCertificateRow | None:
+        """One certificate by its key id (what an agent connect needs), or None."""
+
     async def upsert_engagements(self, records: Sequence[EngagementRecord]) -> None:
         """Write engagement records (group-committed)."""
 

@@ -1,0 +1,79 @@
+"""The routing model: engagements, agent seats, deliveries and the routing error.
+
+Plain data with no I/O, used by the rules in :mod:`relay.routing` (split out to keep
+that module readable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .resume_buffer import PartyLog as _PartyLog
+
+__all__ = ["AgentSeat", "Delivery", "Engagement", "RoutingError"]
+
+
+class RoutingError(Exception):
+    """A refused event; ``code`` is stable (it becomes an error frame and close reason)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Send ``payload`` (JSON object or envelope bytes) to connection ``conn``."""
+
+    conn: str
+    payload: dict[str, Any] | bytes
+    dseq: int | None = None
+
+
+@dataclass
+class Engagement:
+    """One live engagement (memory only)."""
+
+    id: str
+    account: str
+    mode: str
+    started_at: float
+    resume_token: str
+    visitor_conn: str | None
+    visitor_keys: dict[str, str] | None
+    visitor_log: _PartyLog
+    agent_log: _PartyLog
+    state: str = "queued"
+    agent: str | None = None
+    agent_key_id: str | None = None
+    offered: set[str] = field(default_factory=set)
+    accepted_at: float | None = None
+    first_response_at: float | None = None
+    ended_at: float | None = None
+    outcome: str = "queued"
+    visitor_gone_at: float | None = None
+    client: str | None = None
+    last_seq: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "visitor_messages": 0, "agent_messages": 0, "visitor_bytes": 0, "agent_bytes": 0,
+        "transfers": 0})
+
+
+@dataclass
+class AgentSeat:
+    """An agent pseudonym of an account and its live connection."""
+
+    account: str
+    agent: str
+    conn: str | None
+    key_id: str | None
+    capacity: int
+    engagements: set[str] = field(default_factory=set)
+    gone_at: float | None = None
+
+    @property
+    def free(self) -> int:
+        """Engagements this agent can still take."""
+        return self.capacity - len(self.engagements) if self.conn else 0
