@@ -290,7 +290,10 @@ def backlog_growth(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]
               for a in agent_names(pairs, 1, prefix=f"r{r}")]
     # The vault stays offline during the rounds (a vault down for a while), then starts
     # and the time it takes to collect the whole backlog is the last row.
-    with relay_server(tmp, "backlog", agents, vault=False) as run:
+    # The backlog must be allowed to grow past the default per-account bound, which would
+    # otherwise (rightly) refuse new engagements with outbox.backpressure.
+    with relay_server(tmp, "backlog", agents, vault=False,
+                      outbox_account_max_bytes=1 << 30, outbox_max_bytes=1 << 30) as run:
         srv, setup = run.srv, run.setup
         base = json.loads(setup.read_text())
         for r in range(sizes.backlog_rounds):
