@@ -23,12 +23,7 @@ N = 2000
 @pytest.fixture
 def stack(tmp_path: pathlib.Path) -> Iterator[Stack]:
     s = Stack(tmp_path)
-    s.start_relay()
-    s.create_account()
-    s.init_vault()
-    s.start_vault()
-    s.pair()
-    s.set_mode("compliance")
+    s.start_compliance()
     try:
         yield s
     finally:

@@ -47,12 +47,7 @@ def _text(i: int) -> str:
 @pytest.fixture
 def stack(tmp_path: pathlib.Path) -> Iterator[Stack]:
     s = Stack(tmp_path, relay_env={"RELAY_CONNECTIONS_PER_IP_PER_MINUTE": "100000"})
-    s.start_relay()
-    s.create_account()
-    s.init_vault()
-    s.start_vault()
-    s.pair()
-    s.set_mode("compliance")
+    s.start_compliance()
     try:
         yield s
     finally:

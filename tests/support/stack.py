@@ -198,6 +198,16 @@ class Stack:
         assert status == 200, body
         return dict(body)
 
+    def start_compliance(self) -> Stack:
+        """Relay and vault running, one account paired and in compliance mode."""
+        self.start_relay()
+        self.create_account()
+        self.init_vault()
+        self.start_vault()
+        self.pair()
+        self.set_mode("compliance")
+        return self
+
     def vault_transcript(self, engagement: str) -> dict[str, Any]:
         """The transcript as the vault's staff see it (``transcripts show``)."""
         doc: dict[str, Any] = json.loads(self.vault_cli(
