@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from relay.client import VisitorClient
-from tests.support.stack import ORIGIN, Stack, wait_until
+from tests.support.stack import ORIGIN, Stack, reconnect_until, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(170)]
 
@@ -37,17 +37,6 @@ async def _drain_acks(visitor: VisitorClient, limit: float = 60.0) -> None:
             raise TimeoutError(f"{len(visitor.unacked)} messages never acknowledged")
         await asyncio.sleep(0.05)
 
-
-async def _reconnect(visitor: VisitorClient, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            await visitor.reconnect()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 def _vault_texts(stack: Stack) -> collections.Counter[str]:
@@ -113,7 +102,7 @@ def test_relay_sigkill_during_a_stream_of_2000(stack: Stack) -> None:
                     await asyncio.sleep(0.2)  # the client sees its socket drop
                     unacked_at_crash.update(b["text"] for _, b in visitor.pending.values())
                     stack.start_relay()
-                    await _reconnect(visitor)
+                    await reconnect_until(visitor)
             await _drain_acks(visitor)
         finally:
             await visitor.close()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from relay.client import VisitorClient
-from tests.support.stack import ORIGIN, Stack, wait_until
+from tests.support.stack import ORIGIN, Stack, reconnect_until, wait_until
 
 KILLS = int(os.environ.get("SOAK_KILLS", "30"))
 SEED = int(os.environ.get("SOAK_SEED", str(random.SystemRandom().randrange(1 << 32))))
@@ -53,17 +53,6 @@ def stack(tmp_path: pathlib.Path) -> Iterator[Stack]:
     finally:
         s.stop()
 
-
-async def _reconnect(visitor: VisitorClient, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            await visitor.reconnect()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 class _Soak:
@@ -108,7 +97,7 @@ class _Soak:
         await asyncio.to_thread(s.start_relay)
         if target == "both":
             await asyncio.to_thread(s.start_vault)
-        await _reconnect(self.visitor)
+        await reconnect_until(self.visitor)
 
     async def run(self, kills: int) -> None:
         """Stream with ``kills`` crashes at random moments, then drain every ack."""

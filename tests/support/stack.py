@@ -7,6 +7,7 @@ shows exactly what the tests prove). Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
@@ -24,7 +25,7 @@ from envelope import PartyKeys, b64e
 
 from .procs import Service, free_port
 
-__all__ = ["ORIGIN", "Stack", "deploy_accounts", "wait_until"]
+__all__ = ["ORIGIN", "Stack", "deploy_accounts", "reconnect_until", "wait_until"]
 
 ORIGIN = "https://clinic.example"
 
@@ -310,3 +311,16 @@ async def converse(stack: Stack, agent: tuple[str, str, PartyKeys | None],
     finally:
         await visitor.close()
         await bot.close()
+
+
+async def reconnect_until(visitor: Any, limit: float = 30.0, pause: float = 0.1) -> None:
+    """Reconnect an SDK visitor, retrying while the relay restarts, for ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            await visitor.reconnect()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(pause)
