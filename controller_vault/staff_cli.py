@@ -90,7 +90,8 @@ def add_staff_commands(sub: Any, where: Callable[[argparse.ArgumentParser], None
     tlist.add_argument("--agent")
     show = trsub.add_parser("show", help="print one transcript (audited read)")
     where(show)
-    show.add_argument("engagement")
+    show.add_argument("engagement", help="engagement id (one that starts with '-': put it"
+                      " after '--', as in: show --purpose P -- -abc)")
     show.add_argument("--purpose", required=True, help="why it is read (audited)")
     show.add_argument("--html", action="store_true", help="printable HTML instead of JSON")
     export = sub.add_parser("export", help="subject-access export (JSON bundle)")
@@ -101,7 +102,8 @@ def add_staff_commands(sub: Any, where: Callable[[argparse.ArgumentParser], None
     erase = sub.add_parser("erase", help="erase an engagement or a data subject")
     where(erase)
     target = erase.add_mutually_exclusive_group(required=True)
-    target.add_argument("--engagement")
+    target.add_argument("--engagement", help="engagement id (one that starts with '-':"
+                        " --engagement=-abc)")
     target.add_argument("--subject-email")
     erase.add_argument("--purpose", default="erasure-request")
     retention = sub.add_parser("retention", help="erase what is past its retention age")

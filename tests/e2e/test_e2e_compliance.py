@@ -29,13 +29,42 @@ def stack(tmp_path: pathlib.Path) -> Iterator[Stack]:
         s.stop()
 
 
-def _vault_has(stack: Stack, engagement: str, texts: list[str]) -> bool:
+def _vault_has(stack: Stack, engagement: str, texts: list[str],
+               seen: dict[str, object] | None = None) -> bool:
     try:
         doc = stack.vault_transcript(engagement)
-    except RuntimeError:
+    except RuntimeError as exc:
+        if seen is not None:
+            seen["last"] = str(exc)[-300:]
         return False
     got = [m["text"] for m in doc["messages"]]
+    if seen is not None:
+        seen["last"] = {"messages": got, "complete": doc.get("complete")}
     return all(any(t in m for m in got) for t in texts) and len(got) == len(set(got))
+
+
+def _await_vault(stack: Stack, engagement: str, texts: list[str], what: str) -> None:
+    """Wait for the vault to hold ``texts``; on timeout, say what each side last saw."""
+    seen: dict[str, object] = {}
+    try:
+        wait_until(lambda: _vault_has(stack, engagement, texts, seen), timeout=30, what=what)
+    except TimeoutError as exc:
+        _, offload = stack.call("GET", f"/v1/accounts/{stack.account}/offload",
+                                token=stack.admin_token)
+        events = [line[:200] for line in (stack.relay_state / "relay.log").read_text()
+                  .splitlines() if '"http.access"' not in line]
+        vault = [line[:200] for line in (stack.root / "vault.out").read_text().splitlines()
+                 if "WARNING" in line or "ERROR" in line or "warning" in line]
+        counts = {name: stack.metric(name, service) for name, service in (
+            ("relay_vault_link_frames_sent_total", "relay"), ("relay_outbox_backlog", "relay"),
+            ("relay_vault_link_receipts_total", "relay"),
+            ("relay_vault_link_rejected_total", "relay"),
+            ("vault_ingested_envelopes_total", "vault"),
+            ("vault_rejected_envelopes_total", "vault"),
+            ("vault_receipts_sent_total", "vault"), ("vault_link_reconnects_total", "vault"))}
+        raise AssertionError(f"{exc}; vault last showed {seen.get('last')!r}; relay offload"
+                             f" {offload!r}; counts {counts!r}; relay events {events[-30:]!r};"
+                             f" vault warnings {vault[-15:]!r}") from None
 
 
 def _transcript_rows(stack: Stack) -> int:
@@ -66,8 +95,7 @@ def test_pairing_then_compliance_conversation_lands_only_in_the_vault(stack: Sta
         stack, ("ann", token, keys), script,
         prechat={"name": canaries["name"], "email": f"{canaries['email']}@example.org"},
         user_agent=canaries["ua"], visitor_id=canaries["vid"]))
-    wait_until(lambda: _vault_has(stack, eng, [t for _, t in script]), timeout=30,
-               what="conversation in the vault")
+    _await_vault(stack, eng, [t for _, t in script], "conversation in the vault")
     wait_until(lambda: stack.outbox_entries() == 0, timeout=20, what="outbox drained")
     doc = stack.vault_transcript(eng)
     assert [m["text"] for m in doc["messages"]] == [t for _, t in script]
@@ -169,8 +197,7 @@ def test_vault_rejects_a_tampered_envelope_and_the_relay_drops_it(stack: Stack) 
             await visitor.close()
 
     eng = asyncio.run(chat())
-    wait_until(lambda: _vault_has(stack, eng, ["genuine after the tampered one"]), timeout=30,
-               what="genuine message in the vault")
+    _await_vault(stack, eng, ["genuine after the tampered one"], "genuine message in the vault")
     # The refused frame did not stall the link: it was rejected, dropped and counted.
     wait_until(lambda: stack.outbox_entries() == 0, timeout=20, what="outbox drained")
     _, recs = stack.call("GET", f"/v1/accounts/{stack.account}/engagements",
@@ -229,9 +256,7 @@ def test_live_standard_chat_rekeys_and_continues_as_envelopes(stack: Stack) -> N
             await agent.close()
 
     old, new = asyncio.run(chat())
-    wait_until(lambda: _vault_has(stack, new, [secret, "sealed reply"]), timeout=30,
-               what="continued chat in the vault")
-    wait_until(lambda: _vault_has(stack, old, ["before the toggle"]), timeout=30,
-               what="standard part offloaded")
+    _await_vault(stack, new, [secret, "sealed reply"], "continued chat in the vault")
+    _await_vault(stack, old, ["before the toggle"], "standard part offloaded")
     assert _transcript_rows(stack) == 0
     assert scan_tree(stack.relay_state, [secret]) == []

@@ -211,8 +211,10 @@ class Stack:
 
     def vault_transcript(self, engagement: str) -> dict[str, Any]:
         """The transcript as the vault's staff see it (``transcripts show``)."""
+        # "--" before the id: an id minted elsewhere may start with "-" (argparse option).
         doc: dict[str, Any] = json.loads(self.vault_cli(
-            "transcripts", "show", engagement, "--purpose", "end-to-end check"))
+            "transcripts", "show", "--purpose", "end-to-end check",
+            f"--state-dir={self.vault_state}", "--", engagement, where=False))
         return doc
 
     def vault_engagements(self) -> list[str]:

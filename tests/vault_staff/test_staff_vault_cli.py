@@ -113,3 +113,31 @@ def test_staff_cli_end_to_end(tmp_path: pathlib.Path) -> None:
     missing = _cli("erase", *where, "--engagement", "eng-nothing", check=False)
     assert missing.returncode == 1 and "engagement.not_found" in missing.stderr
     assert "audit log verifies" in _cli("audit", "verify", *where).stdout
+
+
+def test_ids_that_start_with_a_dash_are_reachable_from_the_command_line(
+        tmp_path: pathlib.Path) -> None:
+    # Engagement ids are base64url: one minted elsewhere may start with "-", which argparse
+    # reads as an option. The documented forms ("-- ID", "--engagement=ID") reach it.
+    state = tmp_path / "vault"
+    keys = init_vault(state, "clinic", now=int(time.time()))
+    eng = "-dash-eng-0001"
+
+    async def run() -> None:
+        store = await VaultStore.open(state / "vault.db", "clinic")
+        keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+        frame = seal(encode_body("message", {"text": "dash text"}),
+                     sender=PartyKeys.generate(), role="visitor", account="clinic",
+                     engagement=eng, sequence=1, kind="message",
+                     recipients=[keys.current_key.public_bytes])
+        assert (await Ingestor(keys, store, keystore).ingest([frame], int(time.time()))
+                ).stored == 1
+        await store.close()
+        await keystore.close()
+
+    asyncio.run(run())
+    where = ("--state-dir", str(state))
+    shown = json.loads(_cli("transcripts", "show", *where, "--purpose", "p", "--", eng).stdout)
+    assert shown["engagement_id"] == eng and shown["messages"][0]["text"] == "dash text"
+    erased = json.loads(_cli("erase", *where, f"--engagement={eng}").stdout)
+    assert erased["engagements"] == [eng]
