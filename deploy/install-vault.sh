@@ -19,6 +19,10 @@ usage: install-vault.sh --account ACCOUNT [options]
   --relay-url URL         the relay's public origin (default https://relay.example.com)
   --listen HOST:PORT      staff API address on the controller's network (default 127.0.0.1:8450)
   --passphrase-file FILE  protect the key files with this passphrase (becomes a credential)
+  --relay-ca-file FILE    verify the relay's TLS certificate with this CA bundle (copied
+                          to the config directory) instead of the system store
+  --relay-cert-sha256 HEX pin the relay's leaf certificate by its SHA-256 fingerprint
+                          (64 hex digits, colons allowed); excludes --relay-ca-file
   --root DIR              install into a staging root: no systemctl, nothing outside DIR
   --source DIR            pip-install this checkout (default: the one holding this script)
   --wheel-dir DIR         pip-install from wheels in DIR instead of a checkout
@@ -35,6 +39,7 @@ PROGRAM=controller-vault
 source "$REPO/deploy/installer-steps.sh"
 parse_common
 ACCOUNT="" RELAY_URL="https://relay.example.com" LISTEN="127.0.0.1:8450" PASSPHRASE_FILE=""
+RELAY_CA_FILE="" RELAY_CERT_SHA256=""
 
 while (($#)); do
     case $1 in
@@ -42,6 +47,8 @@ while (($#)); do
         --relay-url) RELAY_URL=$2; shift 2 ;;
         --listen) LISTEN=$2; shift 2 ;;
         --passphrase-file) PASSPHRASE_FILE=$2; shift 2 ;;
+        --relay-ca-file) RELAY_CA_FILE=$2; shift 2 ;;
+        --relay-cert-sha256) RELAY_CERT_SHA256=$2; shift 2 ;;
         --root) ROOT=$(realpath -m "$2"); shift 2 ;;
         --source) SOURCE=$(realpath "$2"); shift 2 ;;
         --wheel-dir) WHEEL_DIR=$(realpath "$2"); shift 2 ;;
@@ -67,6 +74,14 @@ fi
 LISTEN_HOST=${BASH_REMATCH[1]} LISTEN_PORT=${BASH_REMATCH[2]}
 LISTEN_HOST=${LISTEN_HOST#[} && LISTEN_HOST=${LISTEN_HOST%]}  # "[::1]" listens on ::1
 [[ -z $PASSPHRASE_FILE || -r $PASSPHRASE_FILE ]] || die "cannot read --passphrase-file"
+# The link's TLS trust (stops a network attacker posing as the relay with a certificate
+# some public CA issued): a private CA bundle, or a pin of the relay's own certificate.
+[[ -z $RELAY_CA_FILE || -z $RELAY_CERT_SHA256 ]] \
+    || die "--relay-ca-file and --relay-cert-sha256 exclude each other"
+[[ -z $RELAY_CA_FILE ]] || grep -q -- "-----BEGIN CERTIFICATE-----" "$RELAY_CA_FILE" 2>/dev/null \
+    || die "--relay-ca-file must be a readable PEM file of CA certificates"
+[[ -z $RELAY_CERT_SHA256 || ${RELAY_CERT_SHA256//:/} =~ ^[0-9a-fA-F]{64}$ ]] \
+    || die "--relay-cert-sha256 must be 64 hex digits (colons allowed)"
 
 ensure_user
 ensure_venv
@@ -84,10 +99,24 @@ relay_url = "$RELAY_URL"
 host = "$LISTEN_HOST"
 port = $LISTEN_PORT
 TOML
+    if [[ -n $RELAY_CA_FILE ]]; then
+        echo "relay_ca_file = \"/etc/$NAME/relay-ca.pem\"" >>"$tmp"
+    fi
+    if [[ -n $RELAY_CERT_SHA256 ]]; then
+        echo "relay_cert_sha256 = \"$RELAY_CERT_SHA256\"" >>"$tmp"
+    fi
     install_file "$tmp" "$CONF_DIR/vault.toml" 0644
     rm -f "$tmp"
 else
     log "kept existing ${CONF_DIR#"$ROOT"}/vault.toml"
+    if [[ -n $RELAY_CA_FILE$RELAY_CERT_SHA256 ]]; then
+        log "note: the relay TLS options were not merged into the existing vault.toml;" \
+            "set relay_ca_file / relay_cert_sha256 there yourself"
+    fi
+fi
+if [[ -n $RELAY_CA_FILE ]]; then
+    # Public certificates, not secrets: readable by the service user like the config.
+    install_file "$RELAY_CA_FILE" "$CONF_DIR/relay-ca.pem" 0644
 fi
 
 # Credentials: root-only at rest; systemd hands the service a private copy.

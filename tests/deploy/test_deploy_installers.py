@@ -190,3 +190,39 @@ def test_installers_pass_shellcheck() -> None:
     result = subprocess.run(["shellcheck", "-x", *scripts, str(ROOT / ".ci/run")],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stdout
+
+
+def test_vault_installer_writes_the_relay_tls_trust(tmp_path: pathlib.Path) -> None:
+    from controller_vault.config import load_config
+
+    pin = "AB:" * 31 + "CD"
+    pinned = tmp_path / "pinned"
+    _install("install-vault.sh", pinned, "--no-venv", "--account", "clinic",
+             "--relay-cert-sha256", pin)
+    conf = pinned / "etc/controller-vault/vault.toml"
+    assert tomllib.loads(conf.read_text())["vault"]["relay_cert_sha256"] == pin
+    assert load_config(conf).relay_cert_sha256 == pin  # the vault accepts what was written
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    with_ca = tmp_path / "with-ca"
+    _install("install-vault.sh", with_ca, "--no-venv", "--account", "clinic",
+             "--relay-ca-file", str(ca))
+    doc = tomllib.loads((with_ca / "etc/controller-vault/vault.toml").read_text())["vault"]
+    assert doc["relay_ca_file"] == "/etc/controller-vault/relay-ca.pem"
+    staged = with_ca / "etc/controller-vault/relay-ca.pem"
+    assert staged.read_text() == ca.read_text() and _mode(staged) == 0o644
+
+    # A rerun with other TLS options keeps the controller's config and says so.
+    rerun = _install("install-vault.sh", with_ca, "--no-venv", "--account", "clinic",
+                     "--relay-cert-sha256", pin)
+    assert "not merged" in rerun.stdout + rerun.stderr
+    assert "relay_cert_sha256" not in (with_ca / "etc/controller-vault/vault.toml").read_text()
+
+    refused = tmp_path / "refused"
+    for args in (["--relay-cert-sha256", "abc"], ["--relay-ca-file", str(tmp_path / "none")],
+                 ["--relay-ca-file", str(ca), "--relay-cert-sha256", pin]):
+        result = _install("install-vault.sh", refused, "--no-venv", "--account", "clinic",
+                          *args, check=False)
+        assert result.returncode != 0
+    assert not refused.exists() or list(refused.rglob("*")) == []
