@@ -109,6 +109,7 @@ class RelayMetrics:
                                  registry=r),
             wal_checkpoint_incomplete=Counter(
                 "relay_wal_checkpoint_incomplete",
-                "offload WAL checkpoints a reader blocked (purge stays checkpoint pending)",
+                "WAL checkpoints a reader blocked after an offload purge or a retention"
+                " sweep (retried)",
                 registry=r),
         )

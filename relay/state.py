@@ -39,6 +39,9 @@ class RelayState:
     offload: Offloader | None = None
     links: LinkRegistry = field(default_factory=LinkRegistry)
     ready: bool = False
+    # A retention sweep deleted transcripts but its WAL checkpoint was blocked: the old
+    # page images are still in the -wal file, so the next sweep must fold it again.
+    sweep_checkpoint_pending: bool = False
     background: list[object] = field(default_factory=list)
 
 

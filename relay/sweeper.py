@@ -27,8 +27,15 @@ async def sweep_once(st: RelayState, *, now: float) -> int:
     for acct in await st.store.list_accounts():
         deleted += await st.store.delete_transcripts(
             acct.account, before=retention_cutoff(now, acct.retention_days))
-    if deleted:
-        await st.store.checkpoint()
+    if deleted or st.sweep_checkpoint_pending:
+        # Deleted rows leave page images in the -wal file until a checkpoint copies the
+        # zeroed pages back (secure_delete) and truncates it: a copy of the state dir
+        # taken meanwhile would still hold expired transcripts. A reader can block it, so
+        # the result is checked and the next sweep retries until it completes.
+        st.sweep_checkpoint_pending = not await st.store.checkpoint()
+        if st.sweep_checkpoint_pending:
+            st.metrics.wal_checkpoint_incomplete.inc()
+            log_event(st.logger, logging.WARNING, "sweeper.checkpoint_pending")
     if st.offload is not None:
         await st.offload.fold_wal()  # retries an offload purge's pending checkpoint
     st.metrics.sweeper_runs.inc()

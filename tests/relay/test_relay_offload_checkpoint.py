@@ -64,3 +64,29 @@ async def test_blocked_checkpoint_stays_pending_until_a_sweeper_tick(relay: Rela
     assert MARK not in wal.read_bytes()
     assert MARK not in (relay.state_dir / "relay.sqlite3").read_bytes()
     assert await st.store.read_transcript("shop", ENG) == []
+
+
+async def test_blocked_checkpoint_after_a_retention_sweep_is_retried(relay: Relay) -> None:
+    await relay.account("shop")
+    st = relay.state
+    now = int(relay.clock())
+    await st.store.append_transcript(
+        [TranscriptRow("shop", "eng-expired-1", "k1", MARK + bytes([i]) * 32, now)
+         for i in range(20)])
+    later = relay.clock() + 400 * 86_400  # past any retention the account can have
+    wal = relay.state_dir / "relay.sqlite3-wal"
+    reader = sqlite3.connect(relay.state_dir / "relay.sqlite3", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM transcripts").fetchone()[0] == 20
+        assert await sweep_once(st, now=later) == 20
+        assert st.sweep_checkpoint_pending is True
+        assert _metric(relay, "relay_wal_checkpoint_incomplete_total") >= 1
+        assert MARK in wal.read_bytes()  # the expired rows' page images, still there
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert await sweep_once(st, now=later) == 0  # nothing new to delete: still folds
+    assert st.sweep_checkpoint_pending is False
+    assert MARK not in wal.read_bytes()
+    assert MARK not in (relay.state_dir / "relay.sqlite3").read_bytes()
