@@ -217,6 +217,7 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
                                           {"key_id": keys.current_key_id})], now)
     tasks = []
     tasks.append(asyncio.create_task(_checkpoint_loop(app, 0)))
+    tasks.append(asyncio.create_task(mailer.run()))  # jobs a crash left are sent now
     if cfg.retention_sweep_s > 0:
         tasks.append(asyncio.create_task(_retention_loop(app)))
     if cfg.relay_url:
@@ -233,7 +234,7 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await mailer.drain()
+        # No mailer drain: unsent transcript emails are durable jobs, sent after restart.
         await alerts.drain()
         await session.close()
         await tokens.close()

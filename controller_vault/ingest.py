@@ -137,14 +137,14 @@ class Ingestor:
                  on_anomaly: Callable[[str, str], None] | None = None,
                  redaction: RedactionRules | None = None,
                  on_redacted: Callable[[dict[str, int]], None] | None = None,
-                 on_transcript_request: Callable[[str, str, bytes | None], None] | None = None
+                 on_transcript_request: Callable[[], None] | None = None
                  ) -> None:
         self._keys = keys
         self._redaction = redaction
         self._on_redacted = on_redacted
-        # Called after the commit with (engagement, address, the visitor signing key
-        # that sent the request, or None when another role sent it): the address never
-        # reaches a log, the audit or an error (see staff_services.TranscriptMailer).
+        # Called after a commit that stored a transcript request (and its mail job, in
+        # the same transaction): the mailer sends from the stored envelope, so the
+        # address never passes through here (see staff_services.TranscriptMailer).
         self._on_transcript_request = on_transcript_request
         self._store = store
         self._keystore = keystore
@@ -320,13 +320,9 @@ class Ingestor:
         gaps = await self._store.commit_batch(rows, now, audit)
         if redacted and self._on_redacted is not None:
             self._on_redacted(dict(redacted))
-        if self._on_transcript_request is not None:
-            for _data, opened, body, _kid, _digest in pending:
-                h = opened.header
-                if h.kind == "transcript-request":
-                    self._on_transcript_request(
-                        h.engagement, body["email"],
-                        h.sender_public_key if h.role == "visitor" else None)
+        if self._on_transcript_request is not None and any(
+                opened.header.kind == "transcript-request" for _, opened, _, _, _ in pending):
+            self._on_transcript_request()  # its job row was committed with it
         incomplete = {e: m for e, m in gaps.items() if m}
         if incomplete:
             await self._store.append_audit(

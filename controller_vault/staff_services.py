@@ -39,6 +39,7 @@ from .staff.retention import (
     select_expired,
 )
 from .store import AuditRecord, VaultStore
+from .store_staff import MailJob
 from .transcripts import build_transcript
 
 __all__ = [
@@ -204,6 +205,16 @@ def _normalised_address(address: str) -> str:
     return unicodedata.normalize("NFC", address).strip().casefold()
 
 
+def _requested_address(rows: list[OpenedRow], envelope_id: str) -> str:
+    for row in rows:
+        if row.envelope_id == envelope_id and row.kind == "transcript-request":
+            with contextlib.suppress(ValueError):
+                email = json.loads(row.body).get("email")
+                if isinstance(email, str):
+                    return email
+    raise _Refused("transcript.request_unreadable")
+
+
 def _prechat_addresses(rows: list[OpenedRow], visitor_key_id: str) -> set[str]:
     found = set()
     for row in rows:
@@ -227,7 +238,16 @@ class TranscriptMailer:
     ``transcript.address_not_given``. This stops a hostile relay that sends its own
     visitor-key request (or any request to its own address) from receiving the agents'
     replies by mail.
+
+    Delivery is durable: ingest stores a job row with the request envelope (same
+    transaction), and this worker sends due jobs, on start-up too, so a crash between
+    receipt and mail loses nothing. A failed send (``mail.send_failed``: server down,
+    refused) is retried after RETRY_DELAYS_S; after the last one the job is given up
+    (``mail.gave_up``, audited). At least once: a crash after the server accepted the
+    mail but before the job was dropped sends it again on restart.
     """
+
+    RETRY_DELAYS_S = (60, 300, 1800, 7200, 21600, 86400)
 
     def __init__(self, store: VaultStore, keystore: KeyStore, smtp: SmtpConfig | None, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -235,39 +255,70 @@ class TranscriptMailer:
         self._keystore = keystore
         self._smtp = smtp
         self._clock = clock
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one sender: a job is never attempted twice at once
         self.sent = 0
         self.refused = 0
+        self.failed_attempts = 0
 
-    def request(self, engagement: str, address: str, sender_key: bytes | None) -> None:
-        """Ingest's hook: send in the background so ingest never waits for SMTP."""
-        task = asyncio.ensure_future(self._send(engagement, address, sender_key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def request(self) -> None:
+        """Ingest's hook, after the commit that stored the job: send it now."""
+        self._wake.set()
 
-    async def _send(self, engagement: str, address: str, sender_key: bytes | None) -> None:
+    async def run(self) -> None:
+        """Send due jobs; sleep until a new request or the next retry (for the service)."""
+        while True:
+            self._wake.clear()
+            with contextlib.suppress(VaultError):
+                await self.send_due()
+            delay = 60.0
+            with contextlib.suppress(VaultError):
+                due = await self._store.next_mail_at()
+                if due is not None:
+                    delay = min(delay, max(0.0, due - self._clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(delay, 0.05))
+
+    async def send_due(self) -> int:
+        """Attempt every job due now; return how many were attempted."""
+        attempted = 0
+        async with self._lock:
+            while jobs := await self._store.due_mail_jobs(int(self._clock())):
+                for job in jobs:
+                    await self._attempt(job)
+                    attempted += 1
+        return attempted
+
+    async def drain(self) -> None:
+        """Send what is due now (at shutdown and in tests); retries stay scheduled."""
+        await self.send_due()
+
+    async def _attempt(self, job: MailJob) -> None:
         now = int(self._clock())
         outcome = "sent"
         try:
-            state = (await self._store.engagement_states([engagement])).get(engagement)
+            state = (await self._store.engagement_states([job.engagement])).get(job.engagement)
             pinned = state.visitor_key if state is not None else None
             if self._smtp is None:
                 outcome = "smtp-not-configured"
-            elif pinned is None or sender_key is None or bytes(pinned) != sender_key:
+            elif pinned is None or job.role != "visitor" \
+                    or job.sender_key_id != key_id(bytes(pinned)):
                 outcome = "transcript.not_pinned_visitor"
             else:
-                check_address(address)
-                rows = await read_engagement(self._store, self._keystore, engagement,
+                rows = await read_engagement(self._store, self._keystore, job.engagement,
                                              actor="vault", purpose="transcript-email",
                                              now=now)
+                address = _requested_address(rows, job.envelope_id)
+                check_address(address)
                 if _normalised_address(address) not in _prechat_addresses(
                         rows, key_id(bytes(pinned))):
                     raise _Refused("transcript.address_not_given")
-                summary = await self._store.engagement_summary(engagement)
+                summary = await self._store.engagement_summary(job.engagement)
                 agents = await self._store.agent_names()
                 transcript = build_transcript(
-                    engagement, self._store.account, summary.first_at if summary else now,
-                    None, bool(summary and summary.complete), rows, agents)
+                    job.engagement, self._store.account,
+                    summary.first_at if summary else now, None,
+                    bool(summary and summary.complete), rows, agents)
                 await send_transcript(self._smtp, address, transcript)
                 self.sent += 1
         except (StaffError, VaultError, DataKeyDestroyed) as exc:
@@ -277,13 +328,21 @@ class TranscriptMailer:
         if outcome.startswith("transcript."):
             self.refused += 1
         # The audit names the engagement and the outcome code; never the address.
+        detail: dict[str, Any] = {"outcome": outcome}
         with contextlib.suppress(VaultError):
-            await self._store.append_audit([AuditRecord("vault", "transcript-email",
-                                                         "visitor-request", engagement,
-                                                         {"outcome": outcome})], now)
-        log.info("transcript email for %s: %s", engagement, outcome)
-
-    async def drain(self) -> None:
-        """Wait for emails still being sent (at shutdown and in tests)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if outcome == "mail.send_failed" and job.attempts < len(self.RETRY_DELAYS_S):
+                self.failed_attempts += 1
+                detail["retry_in_s"] = self.RETRY_DELAYS_S[job.attempts]
+                await self._store.retry_mail_job(
+                    job.envelope_id, now + self.RETRY_DELAYS_S[job.attempts],
+                    AuditRecord("vault", "transcript-email", "visitor-request",
+                                job.engagement, detail), now)
+            else:
+                if outcome == "mail.send_failed":
+                    self.failed_attempts += 1
+                    outcome = detail["outcome"] = "mail.gave_up"
+                await self._store.finish_mail_job(
+                    job.envelope_id, AuditRecord("vault", "transcript-email",
+                                                 "visitor-request", job.engagement, detail),
+                    now)
+        log.info("transcript email for %s: %s", job.engagement, outcome)

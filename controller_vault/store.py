@@ -237,6 +237,13 @@ class VaultStore(StaffQueries, RelayQueries):
             await self._db.executemany(
                 "INSERT OR IGNORE INTO subject_index (token, engagement) VALUES (?, ?)",
                 [(t, e.engagement) for e in envelopes for t in e.blind_tokens])
+            # With the request, in one transaction: a crash before the mail goes out
+            # leaves a job the mailer finds on its next start (not a lost request).
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO mail_jobs (envelope_id, engagement, next_at, "
+                "created_at) VALUES (?, ?, ?, ?)",
+                [(e.envelope_id, e.engagement, now, now) for e in envelopes
+                 if e.kind == "transcript-request"])
             gaps = await self._update_completeness(touched)
             await self._append_audit(audit, now)
         return gaps

@@ -8,15 +8,18 @@ sealed in ``envelopes.ciphertext`` and is opened by the caller with the data key
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from .database import store_errors
 
-__all__ = ["EngagementSummary", "PendingNotice", "RetainedRow", "StaffQueries"]
+if TYPE_CHECKING:
+    from .store import AuditRecord
+
+__all__ = ["EngagementSummary", "MailJob", "PendingNotice", "RetainedRow", "StaffQueries"]
 
 _MAX_LIST = 1000
 
@@ -65,11 +68,23 @@ class PendingNotice:
     notice: dict[str, str]
 
 
+@dataclass(frozen=True)
+class MailJob:
+    """A transcript email still to send: ids, the request's sender, attempts so far."""
+
+    envelope_id: str
+    engagement: str
+    attempts: int
+    sender_key_id: str
+    role: str
+
+
 class StaffQueries:
     """Named staff operations on vault.db (mixed into VaultStore)."""
 
     _db: aiosqlite.Connection
     account: str
+    _append_audit: Callable[[Sequence[AuditRecord], int], Awaitable[None]]
 
     async def _agents_of(self, engagements: Sequence[str]) -> dict[str, tuple[str, ...]]:
         out: dict[str, set[str]] = {}
@@ -148,7 +163,7 @@ class StaffQueries:
                 f"DELETE FROM envelopes WHERE engagement = ? AND kind IN ({marks})",  # noqa: S608 (placeholders only)
                 (engagement, *kinds))
             n = int(cur.rowcount)
-            await self._append_audit([audit], now)  # type: ignore[attr-defined]
+            await self._append_audit([audit], now)
         await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
 
@@ -173,3 +188,37 @@ class StaffQueries:
                 "FROM erasure_notices") as cur:
             row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # transcript email jobs (schema v4) ---------------------------------------------
+
+    async def due_mail_jobs(self, now: int, limit: int = 16) -> list[MailJob]:
+        """Jobs whose next attempt is due, oldest first, with their request's sender."""
+        async with self._db.execute(
+                "SELECT j.envelope_id, j.engagement, j.attempts, e.sender_key_id, e.role "
+                "FROM mail_jobs j JOIN envelopes e ON e.envelope_id = j.envelope_id "
+                "WHERE j.next_at <= ? ORDER BY j.next_at, j.envelope_id LIMIT ?",
+                (now, limit)) as cur:
+            return [MailJob(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]))
+                    async for r in cur]
+
+    async def next_mail_at(self) -> int | None:
+        """When the next job is due (None: no job)."""
+        async with self._db.execute("SELECT min(next_at) FROM mail_jobs") as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def finish_mail_job(self, envelope_id: str, audit: AuditRecord, now: int) -> None:
+        """Sent, refused or given up: drop the job and audit the outcome, atomically."""
+        async with store_errors(self._db, "finish mail job"):
+            await self._db.execute("DELETE FROM mail_jobs WHERE envelope_id = ?",
+                                   (envelope_id,))
+            await self._append_audit([audit], now)
+
+    async def retry_mail_job(self, envelope_id: str, next_at: int, audit: AuditRecord,
+                             now: int) -> None:
+        """A send failed: count the attempt, schedule the next one, audit it."""
+        async with store_errors(self._db, "retry mail job"):
+            await self._db.execute(
+                "UPDATE mail_jobs SET attempts = attempts + 1, next_at = ? "
+                "WHERE envelope_id = ?", (next_at, envelope_id))
+            await self._append_audit([audit], now)

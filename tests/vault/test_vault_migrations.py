@@ -149,6 +149,14 @@ def _populate_vault_v3(db: sqlite3.Connection, w: World, data_key: bytes) -> Non
     db.execute("INSERT INTO relay_signing_key VALUES (1, ?, 'pair', ?)", (RELAY_PIN, NOW))
 
 
+def _populate_vault_v4(db: sqlite3.Connection, w: World, data_key: bytes) -> None:
+    """vault-004.sql: v3 rows plus a transcript-email job still waiting for a retry."""
+    _populate_vault_v3(db, w, data_key)
+    envelope_id = open_and_check(w.frames[KEPT][0], w.keys)[0].header.envelope_id
+    db.execute("INSERT INTO mail_jobs VALUES (?, ?, 2, ?, ?)", (envelope_id, KEPT, NOW + 5,
+                                                                 NOW))
+
+
 def _populate_keys_v1(db: sqlite3.Connection, w: World, data_key: bytes) -> None:
     """keys-001.sql: the kept engagement's wrapped key; the erased one's was deleted."""
     nonce, wrapped = wrap_data_key(w.keys.master_key, KEPT, data_key)
@@ -160,6 +168,7 @@ POPULATE: dict[tuple[str, int], Populate] = {
     ("vault", 1): _populate_vault_v1,
     ("vault", 2): _populate_vault_v2,
     ("vault", 3): _populate_vault_v3,
+    ("vault", 4): _populate_vault_v4,
     ("keys", 1): _populate_keys_v1,
 }
 STEPS = [(prefix, n) for prefix in ("vault", "keys") for n, _ in _schema_files(prefix)]
@@ -210,6 +219,9 @@ async def test_upgrade_from_each_version_keeps_populated_data(tmp_path, prefix, 
         if prefix == "vault" and start >= 3:  # the pin survives: no silent re-trust
             pin = await store.relay_pin()
             assert pin is not None and pin.public_key == RELAY_PIN and pin.source == "pair"
+        if prefix == "vault" and start >= 4:  # a job waiting for its retry is still there
+            jobs = await store.due_mail_jobs(NOW + 5)
+            assert [(j.engagement, j.attempts, j.role) for j in jobs] == [(KEPT, 2, "visitor")]
         # Writes still work and the tombstone still holds: a redelivered envelope of the
         # erased engagement is acknowledged but not stored, a new engagement is.
         ingestor = Ingestor(w.keys, store, keystore, on_anomaly=lambda kind, code: None)

@@ -1,0 +1,145 @@
+"""Transcript email is a durable job: a failed send is retried with backoff against a real
+SMTP server that comes up later, given up after the last delay, and a vault SIGKILLed
+between storing the request and sending the mail sends it after the restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from controller_vault.app import MAILER, STORE
+from controller_vault.config import StaffSettings
+from controller_vault.keyfiles import init_vault, load_vault_keys
+from controller_vault.keystore import KeyStore
+from controller_vault.staff.mailer import SmtpConfig
+from controller_vault.staff_services import TranscriptMailer
+from controller_vault.store import VaultStore
+from envelope import PartyKeys
+
+from .conftest import Mailbox, _free_port
+
+pytestmark = pytest.mark.timeout(90)
+ADDRESS = "visitor@example.net"
+
+
+def _smtp(port: int) -> SmtpConfig:
+    return SmtpConfig(host="127.0.0.1", port=port, security="none",
+                      from_addr="noreply@clinic.example", timeout_s=5)
+
+
+async def _outcomes(store: Any) -> list[dict[str, Any]]:
+    return [json.loads(e.detail) for e, _, _ in await store.audit_rows()
+            if e.action == "transcript-email"]
+
+
+async def _request(v: Any, engagement: str) -> None:
+    visitor = PartyKeys.generate()
+    result = await v.ingest([
+        v.env(engagement, visitor, "prechat", {"email": ADDRESS}),
+        v.env(engagement, visitor, "message", {"text": "my appointment"}),
+        v.env(engagement, visitor, "transcript-request", {"email": ADDRESS})])
+    assert result.stored == 3
+
+
+async def test_a_failed_send_is_retried_when_the_server_is_back(make_staff_vault) -> None:
+    port = _free_port()  # nothing listens yet: the mail server is down
+    v = await make_staff_vault(StaffSettings(smtp=_smtp(port)))
+    await _request(v, "eng-retry-0001")
+    mailer, store = v.app[MAILER], v.app[STORE]
+    await asyncio.wait_for(mailer.drain(), 30)
+    assert mailer.sent == 0
+    assert await _outcomes(store) == [{"outcome": "mail.send_failed", "retry_in_s": 60}]
+    assert await store.due_mail_jobs(v.clock[0]) == []  # not due again before the delay
+
+    mailbox = Mailbox()
+    server = Controller(mailbox, hostname="127.0.0.1", port=port, ready_timeout=10,
+                        auth_require_tls=False)
+    server.start()
+    try:
+        v.clock[0] += 60
+        await asyncio.wait_for(mailer.drain(), 30)
+    finally:
+        server.stop()
+    assert mailer.sent == 1 and mailbox.envelopes[0][1] == [ADDRESS]
+    assert (await _outcomes(store))[-1] == {"outcome": "sent"}
+    assert await store.due_mail_jobs(v.clock[0] + 10**9) == []  # the job is gone
+    assert all(ADDRESS not in repr(e) for e, _, _ in await store.audit_rows())
+
+
+async def test_a_send_that_keeps_failing_is_given_up_after_the_last_delay(
+        make_staff_vault) -> None:
+    v = await make_staff_vault(StaffSettings(smtp=_smtp(_free_port())))
+    await _request(v, "eng-retry-0002")
+    mailer, store = v.app[MAILER], v.app[STORE]
+    await asyncio.wait_for(mailer.drain(), 30)
+    for delay in TranscriptMailer.RETRY_DELAYS_S:
+        v.clock[0] += delay
+        await asyncio.wait_for(mailer.drain(), 30)
+    outcomes = await _outcomes(store)
+    assert [o.get("retry_in_s") for o in outcomes[:-1]] == list(TranscriptMailer.RETRY_DELAYS_S)
+    assert outcomes[-1] == {"outcome": "mail.gave_up"} and mailer.sent == 0
+    assert await store.due_mail_jobs(v.clock[0] + 10**9) == []
+
+
+_CHILD = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from controller_vault.ingest import Ingestor
+    from controller_vault.keyfiles import load_vault_keys
+    from controller_vault.keystore import KeyStore
+    from controller_vault.store import VaultStore
+    from envelope import PartyKeys, encode_body, seal
+
+    async def main(state):
+        keys = load_vault_keys(state)
+        store = await VaultStore.open(os.path.join(state, "vault.db"), "clinic")
+        keystore = await KeyStore.open(os.path.join(state, "keys.db"), keys.master_key)
+        visitor = PartyKeys.generate()
+        frames = [seal(encode_body(kind, body), sender=visitor, role="visitor",
+                       account="clinic", engagement="eng-crash-0001", sequence=n,
+                       kind=kind, recipients=[keys.current_key.public_bytes])
+                  for n, (kind, body) in enumerate([
+                      ("prechat", {"email": sys.argv[2]}),
+                      ("message", {"text": "before the crash"}),
+                      ("transcript-request", {"email": sys.argv[2]})], start=1)]
+        result = await Ingestor(keys, store, keystore).ingest(frames, 1_800_000_000)
+        assert result.stored == 3 and result.receipt is not None
+        print("receipted", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # after the receipt, before any mail
+
+    asyncio.run(main(sys.argv[1]))
+""")
+
+
+async def test_a_request_stored_before_a_crash_is_mailed_after_the_restart(
+        tmp_path: pathlib.Path, smtp_plain: Any) -> None:
+    state = tmp_path / "vault"
+    init_vault(state, "clinic", now=1_800_000_000)
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(state), ADDRESS],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(repo)}, check=False)
+    assert child.returncode == -signal.SIGKILL and "receipted" in child.stdout, child.stderr
+    keys = load_vault_keys(state)
+    store = await VaultStore.open(state / "vault.db", "clinic")
+    keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+    try:
+        mailer = TranscriptMailer(store, keystore, _smtp(smtp_plain.port),
+                                  clock=lambda: 1_800_000_100.0)
+        assert await asyncio.wait_for(mailer.send_due(), 30) == 1
+        assert mailer.sent == 1 and smtp_plain.mailbox.envelopes[0][1] == [ADDRESS]
+        body = smtp_plain.mailbox.messages[0].get_body(("plain",)).get_content()
+        assert "before the crash" in body
+        assert await mailer.send_due() == 0  # sent once, not again
+    finally:
+        await store.close()
+        await keystore.close()
