@@ -127,10 +127,22 @@ async def list_engagements(request: web.Request) -> web.Response:
     agent = request.query.get("agent")
     if agent is not None and not (0 < len(agent) <= 64):
         raise _err("request.bad_query", "agent must be a pseudonym", 400)
+    limit = min(_int_query(request, "limit") or 200, 1000)
     found = await request.app[a.STORE].list_engagements(
         since=_int_query(request, "since"), until=_int_query(request, "until"),
-        agent=agent, limit=_int_query(request, "limit") or 200)
-    return web.json_response({"engagements": [s.to_json() for s in found]})
+        agent=agent, limit=limit, after=_cursor(request.query.get("after")))
+    # Keyset paging: a full page names where the next one starts (stable under inserts).
+    nxt = f"{found[-1].first_at}.{found[-1].engagement}" if len(found) == limit else None
+    return web.json_response({"engagements": [s.to_json() for s in found], "next": nxt})
+
+
+def _cursor(raw: str | None) -> tuple[int, str] | None:
+    if raw is None:
+        return None
+    start, _, engagement = raw.partition(".")
+    if not start.isdigit() or len(start) > 15 or not ENGAGEMENT_PATTERN.fullmatch(engagement):
+        raise _err("request.bad_query", "after must be the next value of a previous page", 400)
+    return int(start), engagement
 
 
 @require_scope("read", purpose=True)

@@ -163,11 +163,15 @@ def _transcripts(args: argparse.Namespace, cfg: VaultConfig, keys: Any) -> int:
     async def op() -> int:
         async with _open(cfg, keys) as v:
             if args.transcripts_command == "list":
-                for s in await v.store.list_engagements(since=args.since, until=args.until,
-                                                        agent=args.agent, limit=1000):
-                    flag = "incomplete" if s.incomplete else "complete"
-                    print(f"{s.engagement}  started {s.first_at}  {flag:<10} "
-                          f"agents {','.join(s.agents) or '-'}")
+                after: tuple[int, str] | None = None
+                while page := await v.store.list_engagements(
+                        since=args.since, until=args.until, agent=args.agent, limit=1000,
+                        after=after):
+                    for s in page:
+                        flag = "incomplete" if s.incomplete else "complete"
+                        print(f"{s.engagement}  started {s.first_at}  {flag:<10} "
+                              f"agents {','.join(s.agents) or '-'}")
+                    after = (page[-1].first_at, page[-1].engagement)
                 return 0
             summary = await v.store.engagement_summary(args.engagement)
             if summary is None or summary.erased_at is not None:

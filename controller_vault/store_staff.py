@@ -114,10 +114,15 @@ class StaffQueries:
 
     async def list_engagements(self, *, since: int | None = None, until: int | None = None,
                                agent: str | None = None, token: bytes | None = None,
-                               limit: int = 200) -> list[EngagementSummary]:
-        """Live (not erased) engagements started in [since, until], by agent or subject."""
+                               limit: int = 200, after: tuple[int, str] | None = None
+                               ) -> list[EngagementSummary]:
+        """Live (not erased) engagements started in [since, until], by agent or subject,
+        in (start, id) order; ``after`` = the last (start, id) of the previous page."""
         clauses: list[str] = ["erased_at IS NULL"]
         params: list[Any] = []
+        if after is not None:
+            clauses.append("(first_at > ? OR (first_at = ? AND engagement > ?))")
+            params.extend([after[0], after[0], after[1]])
         if since is not None:
             clauses.append("first_at >= ?")
             params.append(since)

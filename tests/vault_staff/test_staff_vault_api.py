@@ -178,6 +178,26 @@ async def test_transcripts_list_search_json_and_html(make_staff_vault):
     assert access[-1].target == "/v1/engagements/{engagement_id}/transcript.html"
 
 
+async def test_the_list_pages_through_every_engagement_once(make_staff_vault):
+    v = await make_staff_vault()
+    visitor = PartyKeys.generate()
+    # Seven engagements over three start times (ties broken by id), one page of three.
+    expected = []
+    for n in range(7):
+        eng = f"eng-page-{n:04d}"
+        await v.ingest([v.env(eng, visitor, "message", {"text": "hi"})], at=NOW + n // 3)
+        expected.append(eng)
+    seen: list[str] = []
+    url: str | None = "/v1/engagements?limit=3"
+    pages = 0
+    while url is not None:
+        doc = await (await v.client.get(url, headers=v.auth("read", None))).json()
+        seen += [e["engagement_id"] for e in doc["engagements"]]
+        url = None if doc["next"] is None else f"/v1/engagements?limit=3&after={doc['next']}"
+        pages += 1
+    assert seen == expected and pages == 3  # 3 + 3 + 1: the short page ends it
+
+
 async def test_a_redacted_card_number_never_reaches_the_vault_files(make_staff_vault):
     v = await make_staff_vault()
     visitor = PartyKeys.generate()
@@ -253,6 +273,7 @@ async def test_every_route_refuses_a_token_without_its_scope(make_staff_vault):
     ("POST", "/v1/engagements/search", {"email": "x" * (MAX_REQUEST_BYTES + 10)}, 413,
      "request.too_large"),
     ("GET", "/v1/engagements?since=yesterday", None, 400, "request.bad_query"),
+    ("GET", "/v1/engagements?after=12.bad%20id!", None, 400, "request.bad_query"),
 ])
 async def test_bad_input_gets_a_stable_code(make_staff_vault, method, path, body, status, code):
     v = await make_staff_vault()
