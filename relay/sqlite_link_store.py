@@ -14,32 +14,12 @@ from typing import Any
 
 import aiosqlite
 
+from .group_commit import OutboxAppend
 from .store import OutboxEntry, ReceiptOutcome
 
-__all__ = ["LinkStoreMixin", "insert_outbox"]
+__all__ = ["LinkStoreMixin"]
 
 _Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
-
-
-async def insert_outbox(conn: aiosqlite.Connection, entries: Sequence[OutboxEntry]) -> list[int]:
-    """Insert outbox rows with fresh per-account sequences (inside a write)."""
-    seqs = []
-    for e in entries:
-        async with conn.execute(
-                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
-                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
-                " RETURNING next_seq - 1", (e.account,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        seq = int(row[0])
-        await conn.execute(
-            "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
-            " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
-             e.created_at))
-        seqs.append(seq)
-    return seqs
-
 
 
 class LinkStoreMixin:
@@ -152,14 +132,14 @@ class LinkStoreMixin:
     async def queue_offload(self, account: str, engagement: str,
                             entries: Sequence[OutboxEntry]) -> None:
         """Append offload envelopes and mark the engagement queued, in one transaction."""
-        async def op(conn: aiosqlite.Connection) -> None:
-            await insert_outbox(conn, entries)
+        async def mark_queued(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
                 "INSERT INTO offload_envelopes (account, engagement, envelope_id)"
                 " VALUES (?, ?, ?)", [(account, engagement, e.envelope_id) for e in entries])
             await conn.execute("UPDATE offload SET state='queued' WHERE account=? AND"
                                " engagement=?", (account, engagement))
-        await self._write(op)
+        # An OutboxAppend, so the committed envelopes reach the live link like any other.
+        await self._write(OutboxAppend(entries, then=mark_queued))
 
     async def offload_progress(self, account: str | None) -> dict[str, int]:
         """Offload rows of ``account`` (or of all accounts) by state."""
