@@ -1,9 +1,10 @@
 """Interleaved A/B of the relay's whole-path throughput: an older commit against this tree.
 
-    python bench/ab.py --before main --rounds 2 --pairs 100,1000
+    python bench/ab.py --before main --after HEAD --rounds 2 --pairs 100,1000
 
-"Before" is a ``git archive`` of ``--before`` unpacked in a temporary directory; the
-relay runs from it through ``BENCH_RELAY_SRC`` (bench/servers.py), everything else (load
+Each side is a ``git archive`` of its ref unpacked in a temporary directory (``--after``
+left out: this working tree, which edits during the run would change); the relay runs
+from it through ``BENCH_RELAY_SRC`` (bench/servers.py), everything else (load
 generator, vault) from this tree. Runs alternate A, B, A, B... on fresh relays so load
 from other work on the machine hits both sides alike; the ratio after/before of the
 medians is the figure to quote (absolute rates on this shared machine are noise).
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the interleaved rounds; print one JSON line per run and the ratios."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", default="main", help="git ref of the A side")
+    p.add_argument("--after", default="", help="git ref of the B side (default: this tree)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pairs", default="100,1000")
     p.add_argument("--duration", type=float, default=5.0)
@@ -53,12 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp = pathlib.Path(tmp_name)
         src = tmp / "before-src"
         _unpack(args.before, src)
+        after_src = ""
+        if args.after:
+            after_src = str(tmp / "after-src")
+            _unpack(args.after, pathlib.Path(after_src))
         for r in range(args.rounds):
             for pairs in (int(x) for x in args.pairs.split(",")):
                 order = ("before", "after") if r % 2 == 0 else ("after", "before")
                 for side in order:
                     if side == "before":
                         os.environ["BENCH_RELAY_SRC"] = str(src)
+                    elif after_src:
+                        os.environ["BENCH_RELAY_SRC"] = after_src
                     else:
                         os.environ.pop("BENCH_RELAY_SRC", None)
                     t = time.monotonic()
