@@ -137,9 +137,13 @@ def start_relay(state_dir: pathlib.Path, **settings: object) -> Iterator[Server]
         "idle_timeout_seconds": 3600, "operator_token_file": str(token_file)}
     limits.update(settings)
     env.update({f"RELAY_{k.upper()}": str(v) for k, v in limits.items()})
+    # BENCH_RELAY_SRC: run the relay from another source tree (bench/ab.py's "before"
+    # side, a `git archive` of an older commit), so an A/B compares code in one run.
+    src = os.environ.get("BENCH_RELAY_SRC") or str(ROOT)
+    env["PYTHONPATH"] = src
     proc = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--state-dir", str(state_dir)],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stdout=subprocess.PIPE, text=True, cwd=src, env=env)
     try:
         line = _await_line(proc, '{"event": "relay.listening"')
         assert json.loads(line)["port"] == port

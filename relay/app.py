@@ -136,6 +136,8 @@ def create_app(config: RelayConfig, *, clock: Callable[[], float] = time.time,
                             keyring=keyring, cipher=TranscriptCipher(store, keyring.master_key),
                             logger=logger, operator_token=read_operator_token(config, env=env),
                             clock=clock)
+    # Committed outbox entries go to the live vault link from memory (no read back).
+    store.on_outbox_committed = app[STATE].links.offer
     app.add_routes(routes)
     app.router.add_get("/v1/chat/visitor/{account}", visitor_socket)
     app.router.add_get("/v1/chat/agent", agent_socket)

@@ -5,6 +5,12 @@ SAVEPOINT in one transaction, commits once, then resolves the callers. A caller 
 "done" only after the commit, which is what lets the relay acknowledge a frame only once
 it is durable. Consecutive outbox appends are merged into one statement per account and
 one ``executemany`` (see :meth:`GroupCommitter._append_merged`).
+
+After each commit, and before any caller is resumed, the outbox entries the batch
+committed are handed to ``on_outbox_committed`` with their sequences, in commit order
+(which per account is sequence order): the live vault link sends them from memory
+instead of reading them back (relay/vault_link.py). Every outbox insert is an
+:class:`OutboxAppend` for that reason, the offload's too.
 """
 
 from __future__ import annotations
@@ -16,19 +22,21 @@ from typing import Any
 
 import aiosqlite
 
-from .sqlite_link_store import insert_outbox
 from .store import OutboxEntry
 
-__all__ = ["GroupCommitter", "OutboxAppend", "Write"]
+__all__ = ["GroupCommitter", "OutboxAppend", "OutboxHook", "Write", "insert_outbox"]
 
 Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
+OutboxHook = Callable[[list[OutboxEntry]], None]
 
 
 class GroupCommitter:
     """The single writer of one SQLite connection."""
 
-    def __init__(self, conn: aiosqlite.Connection, max_batch: int) -> None:
+    def __init__(self, conn: aiosqlite.Connection, max_batch: int,
+                 on_outbox_committed: OutboxHook | None = None) -> None:
         self.conn, self.max_batch = conn, max_batch
+        self.on_outbox_committed = on_outbox_committed
         self.queue: asyncio.Queue[tuple[Write, asyncio.Future[Any]]] = asyncio.Queue()
         self.batches_committed = 0
         self._task: asyncio.Task[None] | None = None
@@ -59,17 +67,24 @@ class GroupCommitter:
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            committed: list[OutboxEntry] = []
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 i = 0
                 while i < len(batch):
                     run = _append_run(batch, i)
                     if len(run) > 1:
-                        results += await self._append_merged(conn, run, i)
+                        merged = await self._append_merged(conn, run, i)
+                        results += merged
+                        for (op, _), (_, value, error) in zip(run, merged, strict=True):
+                            if error is None:
+                                committed += _with_seqs(op, value)
                     else:
                         op, fut = batch[i]
                         value, error = await _in_savepoint(conn, f"w{i}", op)
                         results.append((fut, value, error))
+                        if error is None and isinstance(op, OutboxAppend):
+                            committed += _with_seqs(op, value)
                     i += max(1, len(run))
                 await conn.execute("COMMIT")
                 self.batches_committed += 1
@@ -77,6 +92,11 @@ class GroupCommitter:
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
                 results = [(fut, None, exc) for _, fut in batch]
+                committed = []
+            if committed and self.on_outbox_committed is not None:
+                # Before any caller resumes: the hook sees commits in commit order.
+                with contextlib.suppress(Exception):
+                    self.on_outbox_committed(committed)
             for fut, value, error in results:
                 if not fut.done():
                     if error is not None:
@@ -138,20 +158,55 @@ class GroupCommitter:
         return out
 
 
-class OutboxAppend:
-    """A queued outbox append: the writer merges consecutive ones into one statement."""
+async def insert_outbox(conn: aiosqlite.Connection, entries: Sequence[OutboxEntry]) -> list[int]:
+    """Insert outbox rows with fresh per-account sequences (inside a write)."""
+    seqs = []
+    for e in entries:
+        async with conn.execute(
+                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
+                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
+                " RETURNING next_seq - 1", (e.account,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        seq = int(row[0])
+        await conn.execute(
+            "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
+            " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
+             e.created_at))
+        seqs.append(seq)
+    return seqs
 
-    def __init__(self, entries: Sequence[OutboxEntry]) -> None:
+
+class OutboxAppend:
+    """A queued outbox append: the writer merges consecutive ones into one statement.
+
+    ``then`` runs more writes in the same savepoint (the offload marks its transcript
+    queued with its envelopes); an append with ``then`` is never merged.
+    """
+
+    def __init__(self, entries: Sequence[OutboxEntry], then: Write | None = None) -> None:
         self.entries = list(entries)
+        self.then = then
 
     async def __call__(self, conn: aiosqlite.Connection) -> list[int]:
-        return await insert_outbox(conn, self.entries)
+        seqs = await insert_outbox(conn, self.entries)
+        if self.then is not None:
+            await self.then(conn)
+        return seqs
+
+
+def _with_seqs(op: Write, seqs: list[int]) -> list[OutboxEntry]:
+    assert isinstance(op, OutboxAppend)
+    return [OutboxEntry(e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
+                        e.created_at) for e, seq in zip(op.entries, seqs, strict=True)]
 
 
 def _append_run(batch: Sequence[tuple[Write, Any]], start: int) -> list[tuple[Write, Any]]:
-    """The consecutive outbox appends of ``batch`` from ``start`` (empty if none)."""
+    """The consecutive mergeable outbox appends of ``batch`` from ``start`` (maybe none)."""
     end = start
-    while end < len(batch) and isinstance(batch[end][0], OutboxAppend):
+    while end < len(batch) and isinstance(op := batch[end][0], OutboxAppend) \
+            and op.then is None:
         end += 1
     return list(batch[start:end])
 

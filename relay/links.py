@@ -2,8 +2,9 @@
 
 One link per account: a newer authenticated link supersedes the older one, so two
 vault processes (or a stale connection after a network split) never drain the same
-outbox at once. Senders of envelopes call :meth:`LinkRegistry.wake` after the commit,
-so the link streams a new entry without polling.
+outbox at once. The store hands every committed outbox entry to
+:meth:`LinkRegistry.offer` in commit order; the account's live link queues it in memory
+and is woken, so it streams the entry without polling or reading it back.
 
 >>> reg = LinkRegistry()
 >>> reg.claim("clinic", "first") is None
@@ -17,7 +18,10 @@ True
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
+
+from .store import OutboxEntry
 
 __all__ = ["LinkRegistry"]
 
@@ -56,6 +60,17 @@ class LinkRegistry:
         if ev is None:
             ev = self._events[account] = asyncio.Event()
         return ev
+
+    def offer(self, entries: Sequence[OutboxEntry]) -> None:
+        """Just-committed entries (commit order): queue each on its account's live link."""
+        by_account: dict[str, list[OutboxEntry]] = {}
+        for e in entries:
+            by_account.setdefault(e.account, []).append(e)
+        for account, mine in by_account.items():
+            link = self._links.get(account)
+            if link is not None:
+                link.offer(mine)
+            self.wake(account)
 
     def wake(self, account: str) -> None:
         """The account's outbox grew (after commit): wake its link's sender."""

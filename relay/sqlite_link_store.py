@@ -14,32 +14,13 @@ from typing import Any
 
 import aiosqlite
 
+from .group_commit import OutboxAppend
 from .store import OutboxEntry, ReceiptOutcome
 
-__all__ = ["LinkStoreMixin", "insert_outbox"]
+__all__ = ["LinkStoreMixin"]
 
 _Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
-
-
-async def insert_outbox(conn: aiosqlite.Connection, entries: Sequence[OutboxEntry]) -> list[int]:
-    """Insert outbox rows with fresh per-account sequences (inside a write)."""
-    seqs = []
-    for e in entries:
-        async with conn.execute(
-                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
-                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
-                " RETURNING next_seq - 1", (e.account,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        seq = int(row[0])
-        await conn.execute(
-            "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
-            " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
-             e.created_at))
-        seqs.append(seq)
-    return seqs
-
+_RECEIPT_CHUNK = 256  # items per DELETE: 4 parameters each, far below SQLite's limit
 
 
 class LinkStoreMixin:
@@ -62,25 +43,38 @@ class LinkStoreMixin:
             deleted: list[tuple[int, int]] = []
             per_engagement: dict[str, int] = {}
             touched: set[str] = set()
-            for engagement, envelope_id, envelope_hash in items:
-                async with conn.execute(
-                        "DELETE FROM outbox WHERE account=? AND envelope_id=? AND"
-                        " envelope_hash=? AND engagement=? RETURNING seq, created_at",
-                        (account, envelope_id, envelope_hash, engagement)) as cur:
-                    row = await cur.fetchone()
-                if row is None:
-                    continue
-                deleted.append((int(row[0]), int(row[1])))
-                per_engagement[engagement] = per_engagement.get(engagement, 0) + 1
-                cur2 = await conn.execute("DELETE FROM offload_envelopes WHERE account=? AND"
-                                          " envelope_id=?", (account, envelope_id))
-                if cur2.rowcount:
-                    touched.add(engagement)
-            for engagement, n in per_engagement.items():
-                await conn.execute(
+            # One DELETE per chunk of items, not two statements per item (each statement
+            # cost three thread hops: execute, fetch, close). The
+            # row-value IN matches each item on all three of (id, hash, engagement); the
+            # plain IN on envelope_id lets SQLite use the unique index.
+            for at_item in range(0, len(items), _RECEIPT_CHUNK):
+                chunk = items[at_item:at_item + _RECEIPT_CHUNK]
+                ids = ", ".join("?" for _ in chunk)
+                rows_sql = ", ".join("(?, ?, ?)" for _ in chunk)
+                args: list[Any] = [account, *(i[1] for i in chunk)]
+                for engagement, envelope_id, envelope_hash in chunk:
+                    args += (envelope_id, envelope_hash, engagement)
+                rows = await conn.execute_fetchall(
+                    f"DELETE FROM outbox WHERE account=? AND envelope_id IN ({ids})"
+                    f" AND (envelope_id, envelope_hash, engagement) IN (VALUES {rows_sql})"
+                    " RETURNING seq, created_at, engagement, envelope_id", args)
+                gone = sorted((int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows)
+                for seq, created_at, engagement, _ in gone:
+                    deleted.append((seq, created_at))
+                    per_engagement[engagement] = per_engagement.get(engagement, 0) + 1
+                if gone:
+                    marks = ", ".join("?" for _ in gone)
+                    offloaded_rows = await conn.execute_fetchall(
+                        f"DELETE FROM offload_envelopes WHERE account=? AND envelope_id IN"
+                        f" ({marks}) RETURNING engagement",
+                        [account, *(g[3] for g in gone)])
+                    touched.update(str(r[0]) for r in offloaded_rows)
+            if per_engagement:
+                await conn.executemany(
                     "INSERT INTO engagement_receipts (account, engagement, receipt_hash,"
                     " envelopes, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (account, engagement, receipt_hash, n, at))
+                    [(account, engagement, receipt_hash, n, at)
+                     for engagement, n in per_engagement.items()])
             offloaded = []
             for engagement in sorted(touched):
                 async with conn.execute("SELECT 1 FROM offload_envelopes WHERE account=? AND"
@@ -152,14 +146,14 @@ class LinkStoreMixin:
     async def queue_offload(self, account: str, engagement: str,
                             entries: Sequence[OutboxEntry]) -> None:
         """Append offload envelopes and mark the engagement queued, in one transaction."""
-        async def op(conn: aiosqlite.Connection) -> None:
-            await insert_outbox(conn, entries)
+        async def mark_queued(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
                 "INSERT INTO offload_envelopes (account, engagement, envelope_id)"
                 " VALUES (?, ?, ?)", [(account, engagement, e.envelope_id) for e in entries])
             await conn.execute("UPDATE offload SET state='queued' WHERE account=? AND"
                                " engagement=?", (account, engagement))
-        await self._write(op)
+        # An OutboxAppend, so the committed envelopes reach the live link like any other.
+        await self._write(OutboxAppend(entries, then=mark_queued))
 
     async def offload_progress(self, account: str | None) -> dict[str, int]:
         """Offload rows of ``account`` (or of all accounts) by state."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from .group_commit import GroupCommitter, OutboxAppend, Write
+from .group_commit import GroupCommitter, OutboxAppend, OutboxHook, Write
 from .sqlite_link_store import LinkStoreMixin
 from .store import (
     Account,
@@ -68,6 +68,9 @@ class SqliteStore(LinkStoreMixin):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._committer: GroupCommitter | None = None
+        #: Called after each commit with the outbox entries it committed (their seqs
+        #: set), in commit order: the app hands them to the live vault links.
+        self.on_outbox_committed: OutboxHook | None = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -85,7 +88,8 @@ class SqliteStore(LinkStoreMixin):
         self.path.chmod(0o600)
         await self._migrate(self._writer)
         self._reader = await self._connect()
-        self._committer = GroupCommitter(self._writer, self.max_batch)
+        self._committer = GroupCommitter(self._writer, self.max_batch,
+                                         lambda entries: self._outbox_committed(entries))
         self._committer.start()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -108,6 +112,10 @@ class SqliteStore(LinkStoreMixin):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+
+    def _outbox_committed(self, entries: list[OutboxEntry]) -> None:
+        if self.on_outbox_committed is not None:
+            self.on_outbox_committed(entries)
 
     @property
     def batches_committed(self) -> int:

@@ -18,6 +18,21 @@ its identity key, and then receives its account's outbox in order, at most
 
 A refused receipt deletes nothing and closes the link (``link.bad_receipt``); the
 vault reconnects and everything unacknowledged is delivered again.
+
+Where the sender takes entries from (the outbox row is always written first, for
+durability; what differs is whether it is read back):
+
+    store    on (re)connect, and after the memory queue overflowed or showed a gap:
+             read the outbox in seq order after the last sent seq, until a read comes
+             back short (the link has caught up with what was committed before it)
+    memory   the entries the store handed over at commit (LinkRegistry.offer, commit
+             order = seq order per account), queued since the link was claimed
+
+A link is claimed before its first read, so every entry is either committed before a
+read (the read returns it) or offered after the claim (the queue has it), or both. The
+sender sends only ``seq > last_sent``, strictly increasing (never twice, never out of
+order on one link); in memory mode a seq that is not ``last_sent + 1`` is a gap, and
+the sender goes back to the store rather than skip an entry.
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import nacl.utils
@@ -48,6 +65,7 @@ from envelope.link import CLOSE_CODES, REJECT_CODE_PATTERN
 
 from .logs import log_event
 from .state import STATE, RelayState
+from .store import OutboxEntry
 
 __all__ = ["KNOWN_REJECT_CODES", "VaultLinkSession", "vault_link_socket"]
 
@@ -59,6 +77,11 @@ KNOWN_REJECT_CODES = frozenset({
     "vault.role_not_allowed", "vault.visitor_key_mismatch", "vault.agent_not_certified",
     "vault.envelope_id_conflict", "vault.sequence_reused", "vault.bad_frame"})
 _CONTROL_MAX = 512 * 1024  # a full receipt of MAX_RECEIPT_ITEMS items fits well inside
+# The memory queue of a link whose vault falls behind: past either bound it is dropped
+# and the sender reads the outbox instead (the rows are there), so a slow vault costs
+# reads again, never relay memory beyond this.
+_QUEUE_MAX_ENTRIES = 8192
+_QUEUE_MAX_BYTES = 16 * 1024 * 1024
 
 
 class _LinkClosed(Exception):
@@ -78,6 +101,63 @@ class VaultLinkSession:
         self.in_flight: dict[int, float] = {}
         self.last_sent = 0
         self.lock = asyncio.Lock()
+        # Committed entries handed over by the store, in seq order (see the module doc).
+        self.queue: deque[OutboxEntry] = deque()
+        self.queue_bytes = 0
+        self.offered_seq = 0  # highest seq offered so far
+        self.from_store = True  # until a store read comes back short
+        self.contiguous = False  # True once memory mode sent one: the next is last+1
+        self.sent_from_memory = 0
+        self.overflows = 0
+
+    def offer(self, entries: Sequence[OutboxEntry]) -> None:
+        """Queue just-committed entries (called by the store's commit, in seq order)."""
+        for e in entries:
+            if len(self.queue) >= _QUEUE_MAX_ENTRIES or \
+                    self.queue_bytes + len(e.data) > _QUEUE_MAX_BYTES:
+                # Overflow: drop the queue and read the outbox until caught up. Entries
+                # offered from here on are queued again: a read after this point
+                # returns everything committed before it.
+                self.queue.clear()
+                self.queue_bytes = 0
+                self.from_store = True
+                self.overflows += 1
+            self.queue.append(e)
+            self.queue_bytes += len(e.data)
+            self.offered_seq = e.seq
+
+    def _from_memory(self, room: int) -> list[OutboxEntry]:
+        """Up to ``room`` queued entries to send next; on a gap, switch to the store."""
+        out: list[OutboxEntry] = []
+        last = self.last_sent
+        while self.queue and len(out) < room:
+            e = self.queue[0]
+            if e.seq <= last:  # already sent from a store read
+                self.queue.popleft()
+                self.queue_bytes -= len(e.data)
+                continue
+            if self.contiguous and e.seq != last + 1:
+                self.from_store = True  # an entry not handed over: never skip it
+                break
+            self.queue.popleft()
+            self.queue_bytes -= len(e.data)
+            out.append(e)
+            last = e.seq
+            self.contiguous = True
+        return out
+
+    def _caught_up(self, mark: int) -> None:
+        """A store read came back short: switch to memory mode.
+
+        Entries offered before the read began (seq <= ``mark``) were committed before
+        it, so the read returned every one that still exists; the rest were deleted
+        (receipted, expired) and must not be sent.
+        """
+        through = max(self.last_sent, mark)
+        while self.queue and self.queue[0].seq <= through:
+            self.queue_bytes -= len(self.queue.popleft().data)
+        self.from_store = False
+        self.contiguous = False
 
     async def close(self, code: str, message: str) -> None:
         """Send the error frame and close with the stable code as reason."""
@@ -101,14 +181,28 @@ class VaultLinkSession:
             wake.clear()
             room = self.window - len(self.in_flight)
             if room > 0:
-                entries = await self.st.store.read_outbox(self.account, self.last_sent, room)
+                caught_up = False
+                if self.from_store:
+                    mark, overflows = self.offered_seq, self.overflows
+                    entries = await self.st.store.read_outbox(self.account, self.last_sent,
+                                                              room)
+                    # Short read: caught up, unless the queue overflowed meanwhile (it
+                    # dropped entries committed after the read's snapshot: read again).
+                    caught_up = len(entries) < room and overflows == self.overflows
+                else:
+                    entries = self._from_memory(room)
+                    self.sent_from_memory += len(entries)
                 for entry in entries:
+                    if entry.seq <= self.last_sent:
+                        continue  # never twice, never backwards on one link
                     self.in_flight[entry.seq] = time.monotonic()
                     self.last_sent = entry.seq
                     async with self.lock:
                         await self.ws.send_bytes(encode_outbox_frame(entry.seq, entry.data))
                     self.st.metrics.link_frames_sent.inc()
-                if entries:
+                if caught_up:
+                    self._caught_up(mark)
+                if entries or caught_up or (self.from_store and self.queue):
                     continue
             # Woken by a new entry (chat, offload) or a receipt freeing the window; the
             # timeout is a backstop only.

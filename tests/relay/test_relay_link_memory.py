@@ -1,0 +1,99 @@
+"""The vault link's sender on a real SQLite file: entries committed while the link lives
+are sent from memory (not read back), the backlog from before it and anything after a
+queue overflow from the outbox; every entry goes out exactly once, in seq order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from envelope import decode_outbox_frame, envelope_hash
+from relay import vault_link
+from relay.links import LinkRegistry
+from relay.metrics import RelayMetrics
+from relay.sqlite_store import SqliteStore
+from relay.store import OutboxEntry
+from relay.vault_link import VaultLinkSession
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class _Socket:
+    """The link's websocket as the sender sees it: records the frames sent."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.seqs: list[int] = []
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.seqs.append(decode_outbox_frame(data)[0])
+        await asyncio.sleep(0)
+
+
+def _entry(i: int) -> OutboxEntry:
+    data = f"envelope-{i}".encode() * 8
+    return OutboxEntry("clinic", 0, f"e{i:021d}", "eng-00000001", envelope_hash(data), data, i)
+
+
+async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
+               seed: int) -> tuple[_Socket, VaultLinkSession]:
+    """``before`` entries committed before the link, ``during`` while it streams."""
+    rng = random.Random(seed)
+    store = SqliteStore(tmp_path / "r.sqlite3")
+    links = LinkRegistry()
+    store.on_outbox_committed = links.offer
+    await store.open()
+    ws = _Socket()
+    st: Any = SimpleNamespace(store=store, links=links, metrics=RelayMetrics.create(),
+                              config=SimpleNamespace(link_window=window),
+                              logger=logging.getLogger("test"), clock=lambda: 0.0)
+    try:
+        await store.append_outbox([_entry(i) for i in range(before)])
+        session = VaultLinkSession(st, ws, "clinic", b"k" * 32)  # type: ignore[arg-type]
+        links.claim("clinic", session)
+        sender = asyncio.create_task(session.stream())
+
+        async def vault() -> None:
+            # Receipts free the window in random-sized batches, as the vault's would.
+            while len(ws.seqs) < before + during:
+                await asyncio.sleep(rng.choice((0, 0, 0.001)))
+                for seq in sorted(session.in_flight)[:rng.randint(1, window)]:
+                    del session.in_flight[seq]
+                links.wake("clinic")
+        collector = asyncio.create_task(vault())
+        n = before
+        while n < before + during:
+            k = rng.randint(1, 20)
+            await asyncio.gather(*(store.append_outbox([_entry(i)])
+                                   for i in range(n, min(n + k, before + during))))
+            n += k
+            await asyncio.sleep(rng.choice((0, 0.001)))
+        await asyncio.wait_for(collector, 30)
+        ws.closed = True  # as the endpoint's finally does: the sender's loop ends too
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        return ws, session
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_live_entries_come_from_memory_exactly_once_in_order(tmp_path: pathlib.Path,
+                                                                   seed: int) -> None:
+    ws, session = await _run(tmp_path, before=40, during=600, window=16, seed=seed)
+    assert ws.seqs == list(range(1, 641))
+    assert session.sent_from_memory > 300  # the backlog came from the store, the rest not
+
+
+async def test_overflow_falls_back_to_the_outbox_without_loss_or_repeats(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vault_link, "_QUEUE_MAX_ENTRIES", 5)
+    ws, session = await _run(tmp_path, before=0, during=800, window=4, seed=7)
+    assert ws.seqs == list(range(1, 801))
+    assert session.overflows > 0
