@@ -29,7 +29,7 @@ import measure  # type: ignore[import-not-found]
 from servers import ROOT, raise_nofile  # type: ignore[import-not-found]
 
 _KEEP = ("msgs_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "outbox_backlog",
-         "drain_seconds", "drained", "lost")
+         "drain_seconds", "drained", "undelivered_at_stop")
 
 
 def _unpack(ref: str, into: pathlib.Path) -> None:

@@ -88,7 +88,10 @@ class LoadResult:
                 "procs": self.procs, "duration_s": round(self.duration_s, 3),
                 "connect_s": round(self.connect_s, 3),
                 "sent": self.sent, "received": self.received,
-                "lost": self.sent - self.received,
+                # Sent but not yet received when the drain ended: still in flight (the
+                # relay holds them durably), not lost; large when the server is slower
+                # than the closed loop's window (pairs x 2 x window messages).
+                "undelivered_at_stop": self.sent - self.received,
                 "msgs_per_s": round(self.in_window / self.duration_s, 1)
                 if self.duration_s else 0.0,
                 "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999),

@@ -278,7 +278,7 @@ def growth(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]:
                                               count=count)
         except RuntimeError as exc:  # the bound was hit: that is where the curve bends
             rows[f"growth@{n}"] = {"msgs_per_s": None, "server_rss_kib": None, "sent": 0,
-                                   "lost": 0, "error": str(exc)[-300:]}
+                                   "undelivered_at_stop": 0, "error": str(exc)[-300:]}
     return rows
 
 

@@ -322,13 +322,6 @@ class SqliteStore(LinkStoreMixin):
                                  f" min(created_at) FROM outbox {where}", args)
         return OutboxStats(int(rows[0][0]), int(rows[0][1]), rows[0][2])
 
-    async def expire_outbox(self, cutoff: int) -> int:
-        """Drop entries created before ``cutoff``; return how many."""
-        async def op(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute("DELETE FROM outbox WHERE created_at < ?", (cutoff,))
-            return cur.rowcount
-        return int(await self._write(op))
-
     # standard-mode transcripts -------------------------------------------------------
 
     async def add_data_key(self, row: DataKeyRow, at: int) -> None:

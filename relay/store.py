@@ -232,9 +232,6 @@ class RelayStore(Protocol):
     async def outbox_stats(self, account: str | None = None) -> OutboxStats:
         """Backlog of one account or of all."""
 
-    async def expire_outbox(self, cutoff: int) -> int:
-        """Drop entries created before ``cutoff``; return how many."""
-
     async def apply_receipt(self, account: str, receipt_hash: str,
                             items: Sequence[tuple[str, str, str]], at: int) -> ReceiptOutcome:
         """Delete entries matching ``(engagement, envelope_id, hash)``; keep the receipt hash."""

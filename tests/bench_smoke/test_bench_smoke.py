@@ -54,7 +54,7 @@ def test_run_all_smoke_prints_every_row(tmp_path: pathlib.Path) -> None:
         for name, fig in result["raw"][group].items():
             if name == "backlog.drain":
                 continue
-            assert fig["lost"] == 0 and fig["sent"] > 0, (name, fig)
+            assert fig["undelivered_at_stop"] == 0 and fig["sent"] > 0, (name, fig)
     # The real vault collected every envelope of every relay run (the whole path).
     drains = [fig for group in ("throughput", "latency", "growth")
               for name, fig in result["raw"][group].items() if "drained" in fig]
