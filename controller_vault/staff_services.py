@@ -103,7 +103,8 @@ class NoticePump:
                     sent.add(pending.notice_id)
                     self._in_flight.append(pending.notice_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                async with asyncio.timeout(self._poll_s):  # wait_for (3.11) can eat a cancel
+                    await self._wake.wait()
 
 
 def categories_of(kinds: frozenset[str]) -> frozenset[str]:
@@ -277,7 +278,8 @@ class TranscriptMailer:
                 if due is not None:
                     delay = min(delay, max(0.0, due - self._clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(delay, 0.05))
+                async with asyncio.timeout(max(delay, 0.05)):  # wait_for (3.11) can eat a cancel
+                    await self._wake.wait()
 
     async def send_due(self) -> int:
         """Attempt every job due now; return how many were attempted."""

@@ -137,7 +137,8 @@ class Offloader:
                 await self.refresh_metrics()
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 5.0)
+                async with asyncio.timeout(5.0):  # wait_for (3.11) can eat a cancel
+                    await self._wake.wait()
 
     async def _seal(self, account: str, engagement: str) -> int:
         st = self.st

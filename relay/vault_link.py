@@ -207,7 +207,8 @@ class VaultLinkSession:
             # Woken by a new entry (chat, offload) or a receipt freeing the window; the
             # timeout is a backstop only.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # wait_for (3.11) can eat a cancel
+                    await wake.wait()
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self.lock:
