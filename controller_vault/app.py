@@ -42,7 +42,8 @@ from .appkeys import (
     STORE,
 )
 from .appkeys import CLOCK as _CLOCK
-from .checkpoints import write_checkpoint
+from .audit import entry_hash, verify_audit_chain
+from .checkpoints import verify_audit, write_checkpoint
 from .config import StaffSettings, VaultConfig, load_staff_settings
 from .errors import VaultError
 from .ingest import Ingestor
@@ -130,18 +131,74 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-async def _checkpoint_loop(app: web.Application, last_seq: int) -> None:
+class _AuditSigner:
+    """Signs the audit chain's head now and then, over entries it has just verified.
+
+    The service checks its own log, so a broken one is found without anybody running
+    `controller-vault audit verify`: the whole log (with every signed checkpoint) at
+    start, and before each signing the entries appended since the last check. A log
+    that does not verify (an entry edited, deleted or reordered in vault.db, a disk
+    fault) raises the audit_verification_failed alert, and nothing more is signed, so a
+    signed checkpoint never vouches for a chain that already failed its own hashes.
+    (Entries after the last checkpoint rewritten with recomputed hashes cannot be told
+    from honest appends without a key; the signed checkpoints bound that window.)
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self.verified: tuple[int, str] | None = None
+        self.broken = False
+
+    async def start(self) -> None:
+        """Verify the whole log (with every signed checkpoint) once."""
+        app = self._app
+        problems = await verify_audit(app[STORE], app[CONFIG].state_path)
+        if problems:
+            self._broken(problems[0].code)
+        else:
+            self.verified = await app[STORE].audit_head()
+
+    async def sign(self, now: int) -> int | None:
+        """Verify what was appended since, then sign it; None when nothing was signed."""
+        if self.verified is None:
+            return None
+        app = self._app
+        seq, head = self.verified
+        rows = await app[STORE].audit_rows_after(max(0, seq - 1))
+        if seq and rows:
+            # The last verified entry itself is hashed again: an edit to it leaves its
+            # stored hash (and the next entry's link) as they were.
+            first, prev, stored = rows.pop(0)
+            if first.seq != seq or stored != head or entry_hash(prev, first) != head:
+                self._broken("audit.changed")
+                return None
+        problems = verify_audit_chain(rows, [], b"", after=self.verified)
+        if problems:
+            self._broken(problems[0].code)
+            return None
+        if rows:
+            self.verified = (rows[-1][0].seq, rows[-1][2])
+        return await write_checkpoint(app[STORE], app[KEYS], app[CONFIG].state_path, now,
+                                      head=self.verified)
+
+    def _broken(self, code: str) -> None:
+        self.verified, self.broken = None, True
+        log.error("audit log does not verify (%s): no further checkpoints are signed", code)
+        self._app[ALERTS].raise_kind("audit_verification_failed", code)
+
+
+async def _checkpoint_loop(app: web.Application, signer: _AuditSigner) -> None:
     cfg = app[CONFIG]
     last_at = app[_CLOCK]()
-    while True:
+    await signer.start()
+    last_seq = signer.verified[0] if signer.verified else 0
+    while signer.verified is not None:
         await asyncio.sleep(1.0)
         seq, _ = await app[STORE].audit_head()
         now = app[_CLOCK]()
-        grown = seq > last_seq
-        if grown and (seq - last_seq >= cfg.checkpoint_every
-                      or now - last_at >= cfg.checkpoint_interval_s):
-            written = await write_checkpoint(app[STORE], app[KEYS], cfg.state_path, int(now))
-            last_seq, last_at = written or last_seq, now
+        if seq > last_seq and (seq - last_seq >= cfg.checkpoint_every
+                               or now - last_at >= cfg.checkpoint_interval_s):
+            last_seq, last_at = await signer.sign(int(now)) or last_seq, now
 
 
 async def _retention_loop(app: web.Application) -> None:
@@ -216,7 +273,8 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.append_audit([AuditRecord("system", "service-start", "operation", "vault",
                                           {"key_id": keys.current_key_id})], now)
     tasks = []
-    tasks.append(asyncio.create_task(_checkpoint_loop(app, 0)))
+    signer = _AuditSigner(app)
+    tasks.append(asyncio.create_task(_checkpoint_loop(app, signer)))
     tasks.append(asyncio.create_task(mailer.run()))  # jobs a crash left are sent now
     if cfg.retention_sweep_s > 0:
         tasks.append(asyncio.create_task(_retention_loop(app)))
@@ -234,14 +292,16 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # No mailer drain: unsent transcript emails are durable jobs, sent after restart.
-        await alerts.drain()
-        await session.close()
-        await tokens.close()
         with contextlib.suppress(VaultError):
             await store.append_audit([AuditRecord("system", "service-stop", "operation",
                                                   "vault", {})], int(app[_CLOCK]()))
-            await write_checkpoint(store, keys, cfg.state_path, int(app[_CLOCK]()))
+            if signer.verified is None and not signer.broken:
+                await signer.start()  # stopped before the loop's first check
+            await signer.sign(int(app[_CLOCK]()))
+        # No mailer drain: unsent transcript emails are durable jobs, sent after restart.
+        await alerts.drain()  # after the last check, so its alert still goes out
+        await session.close()
+        await tokens.close()
         await keystore.close()
         await store.close()
 

@@ -94,10 +94,15 @@ def verify_audit_chain(
     rows: Sequence[tuple[AuditEntry, str, str]],
     checkpoints: Sequence[tuple[str, str]],
     identity_public_key: bytes,
+    *, after: tuple[int, str] = (0, GENESIS),
 ) -> list[AuditProblem]:
-    """Check ``(entry, prev_hash, hash)`` rows in stored order against signed checkpoints."""
+    """Check ``(entry, prev_hash, hash)`` rows in stored order against signed checkpoints.
+
+    ``after`` = (seq, hash) of an entry already verified: the rows then continue from it
+    (the service checks only what was appended since its last check).
+    """
     problems: list[AuditProblem] = []
-    prev, expected_seq = GENESIS, 1
+    prev, expected_seq = after[1], after[0] + 1
     hashes: dict[int, str] = {}
     for entry, stored_prev, stored_hash in rows:
         if entry.seq != expected_seq:

@@ -26,12 +26,14 @@ CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 
 
 async def write_checkpoint(store: VaultStore, keys: VaultKeys, state_dir: pathlib.Path,
-                           now: int) -> int | None:
-    """Sign the current chain head into both copies; return its seq (None if log empty)."""
-    seq, head = await store.audit_head()
+                           now: int, *, head: tuple[int, str] | None = None) -> int | None:
+    """Sign the chain head (the current one, or ``head`` = a verified (seq, hash)) into
+    both copies; return its seq (None if the log is empty)."""
+    seq, head_hash = head if head is not None else await store.audit_head()
     if seq == 0:
         return None
-    body, sig = sign_checkpoint(keys.identity, account=keys.account, seq=seq, head=head, at=now)
+    body, sig = sign_checkpoint(keys.identity, account=keys.account, seq=seq, head=head_hash,
+                                at=now)
     await store.add_checkpoint(body, sig, seq)
     fd = os.open(state_dir / CHECKPOINT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

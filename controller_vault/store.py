@@ -363,6 +363,13 @@ class VaultStore(StaffQueries, RelayQueries):
                 "FROM audit_log ORDER BY seq") as cur:
             return [(AuditEntry(*r[:7]), r[7], r[8]) async for r in cur]
 
+    async def audit_rows_after(self, seq: int) -> list[tuple[AuditEntry, str, str]]:
+        """Audit entries after ``seq``, with their stored prev hash and hash, in order."""
+        async with self._db.execute(
+                "SELECT seq, at, actor, action, purpose, target, detail, prev_hash, hash "
+                "FROM audit_log WHERE seq > ? ORDER BY seq", (seq,)) as cur:
+            return [(AuditEntry(*r[:7]), r[7], r[8]) async for r in cur]
+
     async def checkpoints(self) -> list[tuple[str, str]]:
         """Stored signed checkpoints (body, sig)."""
         async with self._db.execute("SELECT body, sig FROM audit_checkpoints ORDER BY seq") as c:

@@ -5,7 +5,9 @@
     tampered_envelope           header binding, AEAD tag or sequence checks fail
     unknown_recipient_key       an envelope names a vault key id the vault does not hold
     link_auth_failed            the relay refused the vault link's authentication
-    audit_verification_failed   ``audit verify`` found a changed, missing or reordered entry
+    audit_verification_failed   the service's own check (at start, before each signed
+                                checkpoint) or ``GET /v1/audit/verify`` found a
+                                changed, missing or reordered entry
     export_burst                more subject exports than the threshold within the window
     erasure_burst               more erasures than the threshold within the window
 

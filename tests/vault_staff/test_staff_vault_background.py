@@ -234,3 +234,49 @@ async def test_a_refused_link_authentication_raises_an_alert(make_staff_vault, a
     await _wait_for(alerted)
     await v.client.close()
     assert [a["kind"] for a in received] == ["link_auth_failed"]  # one per quiet period
+
+
+async def test_the_service_checks_its_audit_log_before_signing_and_alerts(
+        make_staff_vault, aiohttp_server):
+    import sqlite3
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alerts", hook)
+    server = await aiohttp_server(app)
+    v = await make_staff_vault(StaffSettings(alerts=AlertConfig(
+        webhook_url=str(server.make_url("/alerts")))), checkpoint_every=1)
+    signed = v.state / "audit-checkpoints.jsonl"
+
+    def lines() -> int:
+        return signed.read_text().count("\n") if signed.exists() else 0
+
+    async def until(check: Any, what: str) -> None:
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(what)
+
+    visitor = PartyKeys.generate()
+    before = lines()
+    await v.ingest([v.env("eng-audit-0001", visitor, "message", {"text": "x"})])
+    await until(lambda: lines() > before, "an honest append is checked and signed")
+    # Someone edits the newest entry in vault.db behind the service's back.
+    db = sqlite3.connect(v.state / "vault.db")
+    db.execute("UPDATE audit_log SET detail = '{\"stored\":0}' "
+               "WHERE seq = (SELECT max(seq) FROM audit_log)")
+    db.commit()
+    db.close()
+    at_tamper = lines()
+    await v.ingest([v.env("eng-audit-0002", visitor, "message", {"text": "y"})])
+    await until(lambda: any(a["kind"] == "audit_verification_failed" for a in received),
+                "the alert")
+    assert lines() == at_tamper  # nothing signed over the broken chain
+    alert = next(a for a in received if a["kind"] == "audit_verification_failed")
+    assert alert["code"] == "audit.changed"
