@@ -290,7 +290,9 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # A background task that died of an error must not skip the rest of the
+            # stop (audit entry, checkpoint, closing the stores).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(VaultError):
             await store.append_audit([AuditRecord("system", "service-stop", "operation",

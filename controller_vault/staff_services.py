@@ -249,6 +249,7 @@ class TranscriptMailer:
     """
 
     RETRY_DELAYS_S = (60, 300, 1800, 7200, 21600, 86400)
+    LEASE_S = 600  # a job being sent is not due again before this
 
     def __init__(self, store: VaultStore, keystore: KeyStore, smtp: SmtpConfig | None, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -270,26 +271,39 @@ class TranscriptMailer:
         """Send due jobs; sleep until a new request or the next retry (for the service)."""
         while True:
             self._wake.clear()
-            with contextlib.suppress(VaultError):
-                await self.send_due()
             delay = 60.0
-            with contextlib.suppress(VaultError):
+            try:
+                await self.send_due()
                 due = await self._store.next_mail_at()
                 if due is not None:
-                    delay = min(delay, max(0.0, due - self._clock()))
+                    delay = min(delay, max(0.5, due - self._clock()))
+            except VaultError:
+                delay = 5.0  # the store is locked or full: try again shortly, not hot
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(delay, 0.05)):  # wait_for (3.11) can eat a cancel
+                async with asyncio.timeout(delay):  # wait_for (3.11) can eat a cancel
                     await self._wake.wait()
 
     async def send_due(self) -> int:
-        """Attempt every job due now; return how many were attempted."""
-        attempted = 0
+        """Attempt every job due now, each at most once per call; return how many."""
+        attempted: set[str] = set()
         async with self._lock:
-            while jobs := await self._store.due_mail_jobs(int(self._clock())):
+            while True:
+                now = int(self._clock())
+                jobs = [j for j in await self._store.due_mail_jobs(now)
+                        if j.envelope_id not in attempted]
+                if not jobs:
+                    break
                 for job in jobs:
-                    await self._attempt(job)
-                    attempted += 1
-        return attempted
+                    attempted.add(job.envelope_id)
+                    # Leased first, in its own transaction: if recording the outcome
+                    # fails after the server took the mail, the job comes back only
+                    # when the lease ends (one more send per lease at worst, never a
+                    # loop mailing the visitor); a job erased meanwhile (the cascade
+                    # removed it) is not sent at all.
+                    if await self._store.lease_mail_job(job.envelope_id,
+                                                        now + self.LEASE_S):
+                        await self._attempt(job)
+        return len(attempted)
 
     async def drain(self) -> None:
         """Send what is due now (at shutdown and in tests); retries stay scheduled."""
@@ -327,6 +341,13 @@ class TranscriptMailer:
             outcome = exc.code
         except _Refused as exc:
             outcome = exc.code
+        except Exception as exc:
+            # A bug (rendering, an unexpected body) must not stop every other visitor's
+            # mail nor come back on each start: the job ends, audited. The class name
+            # only: an exception's text could quote the transcript or the address.
+            log.error("transcript email for %s failed: %s", job.engagement,
+                      type(exc).__name__)
+            outcome = "mail.internal_error"
         if outcome.startswith("transcript."):
             self.refused += 1
         # The audit names the engagement and the outcome code; never the address.

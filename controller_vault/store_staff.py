@@ -121,8 +121,8 @@ class StaffQueries:
         clauses: list[str] = ["erased_at IS NULL"]
         params: list[Any] = []
         if after is not None:
-            clauses.append("(first_at > ? OR (first_at = ? AND engagement > ?))")
-            params.extend([after[0], after[0], after[1]])
+            clauses.append("(first_at, engagement) > (?, ?)")
+            params.extend(after)
         if since is not None:
             clauses.append("first_at >= ?")
             params.append(since)
@@ -211,6 +211,13 @@ class StaffQueries:
         async with self._db.execute("SELECT min(next_at) FROM mail_jobs") as cur:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    async def lease_mail_job(self, envelope_id: str, until: int) -> bool:
+        """Hold a job while it is sent (not due before ``until``); False: it is gone."""
+        async with store_errors(self._db, "lease mail job"):
+            cur = await self._db.execute(
+                "UPDATE mail_jobs SET next_at = ? WHERE envelope_id = ?", (until, envelope_id))
+            return bool(cur.rowcount)
 
     async def finish_mail_job(self, envelope_id: str, audit: AuditRecord, now: int) -> None:
         """Sent, refused or given up: drop the job and audit the outcome, atomically."""

@@ -61,8 +61,8 @@ if [[ $UNINSTALL == 1 ]]; then
 fi
 [[ $PURGE == 0 ]] || die "--purge only goes with --uninstall"
 # The vault link signs this origin, so it must be exactly what clients dial.
-[[ $PUBLIC_ORIGIN =~ ^https?://[^/[:space:]\"]+$ ]] || die "--public-origin must be scheme://host[:port]"
-[[ $LISTEN =~ ^([^[:space:]\":]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})$ ]] || die "--listen must be HOST:PORT"
+[[ $PUBLIC_ORIGIN =~ ^https?://[^/[:space:]\"\\]+$ ]] || die "--public-origin must be scheme://host[:port]"
+[[ $LISTEN =~ ^([^[:space:]\"\\:]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})$ ]] || die "--listen must be HOST:PORT"
 LISTEN_HOST=${BASH_REMATCH[1]} LISTEN_PORT=${BASH_REMATCH[2]}
 LISTEN_HOST=${LISTEN_HOST#[} && LISTEN_HOST=${LISTEN_HOST%]}  # "[::1]" listens on ::1
 [[ -z $TOKEN_FILE || -r $TOKEN_FILE ]] || die "cannot read --operator-token-file"

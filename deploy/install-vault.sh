@@ -69,8 +69,9 @@ fi
 [[ $PURGE == 0 ]] || die "--purge only goes with --uninstall"
 # Account ids are ids, never free text: the same pattern the relay enforces.
 [[ $ACCOUNT =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || die "--account must match [a-z0-9][a-z0-9-]{0,62}"
-[[ $RELAY_URL =~ ^https?://[^[:space:]\"]+$ ]] || die "--relay-url must be an http(s) URL"
-[[ $LISTEN =~ ^([^[:space:]\":]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})$ ]] || die "--listen must be HOST:PORT"
+# No quote or backslash: both values are written inside TOML strings.
+[[ $RELAY_URL =~ ^https?://[^[:space:]\"\\]+$ ]] || die "--relay-url must be an http(s) URL"
+[[ $LISTEN =~ ^([^[:space:]\"\\:]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})$ ]] || die "--listen must be HOST:PORT"
 LISTEN_HOST=${BASH_REMATCH[1]} LISTEN_PORT=${BASH_REMATCH[2]}
 LISTEN_HOST=${LISTEN_HOST#[} && LISTEN_HOST=${LISTEN_HOST%]}  # "[::1]" listens on ::1
 [[ -z $PASSPHRASE_FILE || -r $PASSPHRASE_FILE ]] || die "cannot read --passphrase-file"

@@ -32,6 +32,7 @@ async def sweep_once(st: RelayState, *, now: float) -> int:
         # zeroed pages back (secure_delete) and truncates it: a copy of the state dir
         # taken meanwhile would still hold expired transcripts. A reader can block it, so
         # the result is checked and the next sweep retries until it completes.
+        st.sweep_checkpoint_pending = True  # stays set if the checkpoint itself raises
         st.sweep_checkpoint_pending = not await st.store.checkpoint()
         if st.sweep_checkpoint_pending:
             st.metrics.wal_checkpoint_incomplete.inc()

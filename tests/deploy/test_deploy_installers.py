@@ -118,6 +118,8 @@ def test_uninstall_keeps_data_and_token_unless_purged(tmp_path: pathlib.Path) ->
 def test_vault_installer_refuses_bad_input_and_writes_nothing(tmp_path: pathlib.Path) -> None:
     staging = tmp_path / "root"
     for args in (["--account", "Bad Name"], ["--account", "clinic", "--relay-url", "ftp://x"],
+                 ["--account", "clinic", "--relay-url", "https://relay.example\\"],
+                 ["--account", "clinic", "--listen", "a\\b:8450"],
                  ["--account", "clinic", "--purge"], ["--bogus"]):
         result = _install("install-vault.sh", staging, "--no-venv", *args, check=False)
         assert result.returncode != 0

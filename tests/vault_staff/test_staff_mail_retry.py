@@ -143,3 +143,46 @@ async def test_a_request_stored_before_a_crash_is_mailed_after_the_restart(
     finally:
         await store.close()
         await keystore.close()
+
+
+async def test_a_send_whose_outcome_cannot_be_recorded_is_not_repeated_at_once(
+        make_staff_vault) -> None:
+    import sqlite3
+
+    # The server takes the mail, and meanwhile another process holds vault.db's write
+    # lock past the busy timeout, so the vault cannot record "sent". The job's lease
+    # keeps it from being mailed again at once (and again, and again).
+    class LockingMailbox(Mailbox):
+        db: sqlite3.Connection | None = None
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            if self.db is None:
+                self.db = sqlite3.connect(state / "vault.db", check_same_thread=False,
+                                          isolation_level=None)
+                self.db.execute("BEGIN IMMEDIATE")
+            return await super().handle_DATA(server, session, envelope)
+
+    port = _free_port()
+    v = await make_staff_vault(StaffSettings(smtp=_smtp(port)))
+    state = v.state
+    mailbox = LockingMailbox()
+    server = Controller(mailbox, hostname="127.0.0.1", port=port, ready_timeout=10,
+                        auth_require_tls=False)
+    server.start()
+    try:
+        await _request(v, "eng-lease-0001")
+        mailer, store = v.app[MAILER], v.app[STORE]
+        await asyncio.wait_for(mailer.drain(), 30)
+        assert len(mailbox.messages) == 1  # sent once, its outcome not recorded
+        assert mailbox.db is not None
+        mailbox.db.execute("ROLLBACK")
+        mailbox.db.close()
+        await asyncio.wait_for(mailer.drain(), 30)
+        assert len(mailbox.messages) == 1  # leased: not due again yet
+        v.clock[0] += TranscriptMailer.LEASE_S
+        await asyncio.wait_for(mailer.drain(), 30)
+    finally:
+        server.stop()
+    assert len(mailbox.messages) == 2  # at least once: one more send after the lease
+    assert (await _outcomes(store))[-1] == {"outcome": "sent"}
+    assert await store.due_mail_jobs(v.clock[0] + 10**9) == []
