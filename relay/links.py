@@ -29,9 +29,16 @@ __all__ = ["LinkRegistry"]
 class LinkRegistry:
     """Live vault links by account, and one wake-up event per account."""
 
+    #: All links' memory queues together (bytes of envelopes): past it, the link being
+    #: offered to drops its queue and reads the outbox instead. Each link also has its
+    #: own bound (vault_link); this one keeps many slow vaults (a restart: every link
+    #: catching up at once) from adding up to gigabytes of relay memory.
+    QUEUED_BYTES_MAX = 64 * 1024 * 1024
+
     def __init__(self) -> None:
         self._links: dict[str, Any] = {}
         self._events: dict[str, asyncio.Event] = {}
+        self.queued_bytes = 0  # kept by the links as they queue and send
 
     def claim(self, account: str, link: Any) -> Any:
         """Make ``link`` the account's link; return the one it supersedes (or None)."""

@@ -99,6 +99,10 @@ class VaultLinkSession:
         self.window = max(1, st.config.link_window)
         # seq -> monotonic send time: the frames the vault still owes a receipt for.
         self.in_flight: dict[int, float] = {}
+        # envelope id -> seq of what is in flight: a verified receipt naming an id frees
+        # its slot even when it deleted nothing (the entry was receipted through an
+        # earlier link, and this one sent it again from memory): else the window shrinks.
+        self.in_flight_ids: dict[str, int] = {}
         self.last_sent = 0
         self.lock = asyncio.Lock()
         # Committed entries handed over by the store, in seq order (see the module doc).
@@ -112,19 +116,33 @@ class VaultLinkSession:
 
     def offer(self, entries: Sequence[OutboxEntry]) -> None:
         """Queue just-committed entries (called by the store's commit, in seq order)."""
+        links = self.st.links
         for e in entries:
             if len(self.queue) >= _QUEUE_MAX_ENTRIES or \
-                    self.queue_bytes + len(e.data) > _QUEUE_MAX_BYTES:
+                    self.queue_bytes + len(e.data) > _QUEUE_MAX_BYTES or \
+                    links.queued_bytes + len(e.data) > links.QUEUED_BYTES_MAX:
                 # Overflow: drop the queue and read the outbox until caught up. Entries
                 # offered from here on are queued again: a read after this point
                 # returns everything committed before it.
-                self.queue.clear()
-                self.queue_bytes = 0
+                self._drop_queue()
                 self.from_store = True
                 self.overflows += 1
             self.queue.append(e)
-            self.queue_bytes += len(e.data)
+            self._count(len(e.data))
             self.offered_seq = e.seq
+
+    def _count(self, n: int) -> None:
+        self.queue_bytes += n
+        self.st.links.queued_bytes += n
+
+    def _pop(self) -> OutboxEntry:
+        e = self.queue.popleft()
+        self._count(-len(e.data))
+        return e
+
+    def _drop_queue(self) -> None:
+        self._count(-self.queue_bytes)
+        self.queue.clear()
 
     def _from_memory(self, room: int) -> list[OutboxEntry]:
         """Up to ``room`` queued entries to send next; on a gap, switch to the store."""
@@ -133,15 +151,12 @@ class VaultLinkSession:
         while self.queue and len(out) < room:
             e = self.queue[0]
             if e.seq <= last:  # already sent from a store read
-                self.queue.popleft()
-                self.queue_bytes -= len(e.data)
+                self._pop()
                 continue
             if self.contiguous and e.seq != last + 1:
                 self.from_store = True  # an entry not handed over: never skip it
                 break
-            self.queue.popleft()
-            self.queue_bytes -= len(e.data)
-            out.append(e)
+            out.append(self._pop())
             last = e.seq
             self.contiguous = True
         return out
@@ -155,7 +170,7 @@ class VaultLinkSession:
         """
         through = max(self.last_sent, mark)
         while self.queue and self.queue[0].seq <= through:
-            self.queue_bytes -= len(self.queue.popleft().data)
+            self._pop()
         self.from_store = False
         self.contiguous = False
 
@@ -196,6 +211,7 @@ class VaultLinkSession:
                     if entry.seq <= self.last_sent:
                         continue  # never twice, never backwards on one link
                     self.in_flight[entry.seq] = time.monotonic()
+                    self.in_flight_ids[entry.envelope_id] = entry.seq
                     self.last_sent = entry.seq
                     async with self.lock:
                         await self.ws.send_bytes(encode_outbox_frame(entry.seq, entry.data))
@@ -233,6 +249,10 @@ class VaultLinkSession:
             if sent is not None:
                 st.metrics.link_ack_latency.observe(mono - sent)
             st.metrics.link_delivery_latency.observe(max(0.0, now - created_at))
+        for item in items:
+            sent_seq = self.in_flight_ids.pop(item.envelope_id, None)
+            if sent_seq is not None:
+                self.in_flight.pop(sent_seq, None)
         st.metrics.link_receipts.labels("applied" if outcome.deleted else "matched_nothing").inc()
         st.metrics.link_deleted.inc(len(outcome.deleted))
         if outcome.offloaded and st.offload is not None:
@@ -251,6 +271,8 @@ class VaultLinkSession:
         # Only a frame sent on this link and not yet receipted can be refused: the vault
         # cannot name entries it never saw.
         if self.in_flight.pop(seq, None) is not None:
+            for envelope_id in [i for i, s in self.in_flight_ids.items() if s == seq]:
+                del self.in_flight_ids[envelope_id]
             dropped = await self.st.store.reject_outbox(self.account, seq, code,
                                                         int(self.st.clock()))
         if dropped is not None:
@@ -381,6 +403,7 @@ async def vault_link_socket(request: web.Request) -> web.WebSocketResponse:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
         if session is not None:
+            session._drop_queue()  # its bytes leave the relay-wide queue budget
             st.links.release(session.account, session)
             st.metrics.vault_links.labels("ready").dec()
             log_event(st.logger, logging.INFO, "link.closed", account=session.account,

@@ -97,3 +97,63 @@ async def test_overflow_falls_back_to_the_outbox_without_loss_or_repeats(
     ws, session = await _run(tmp_path, before=0, during=800, window=4, seed=7)
     assert ws.seqs == list(range(1, 801))
     assert session.overflows > 0
+
+
+async def test_the_relay_wide_queue_budget_also_falls_back_and_is_accounted(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Many slow vaults at once must not add up: past the registry's budget the link
+    # being offered to reads the outbox instead, with nothing lost or repeated.
+    monkeypatch.setattr(LinkRegistry, "QUEUED_BYTES_MAX", 2_000)
+    ws, session = await _run(tmp_path, before=0, during=400, window=4, seed=11)
+    assert ws.seqs == list(range(1, 401))
+    assert session.overflows > 0
+    assert session.st.links.queued_bytes == session.queue_bytes  # the books balance
+    session._drop_queue()
+    assert session.st.links.queued_bytes == 0
+
+
+class _ControlSocket(_Socket):
+    def __init__(self) -> None:
+        super().__init__()
+        self.control: list[Any] = []
+
+    async def send_json(self, doc: Any) -> None:
+        self.control.append(doc)
+
+
+async def test_a_receipt_for_an_entry_already_deleted_still_frees_its_window_slot(
+        tmp_path: pathlib.Path) -> None:
+    from envelope import IdentityKey, sign_receipt
+
+    identity = IdentityKey.generate()
+    store = SqliteStore(tmp_path / "r.sqlite3")
+    links = LinkRegistry()
+    store.on_outbox_committed = links.offer
+    await store.open()
+    ws = _ControlSocket()
+    st: Any = SimpleNamespace(store=store, links=links, metrics=RelayMetrics.create(),
+                              config=SimpleNamespace(link_window=2), offload=None,
+                              logger=logging.getLogger("test"), clock=lambda: 0.0)
+    try:
+        entries = [_entry(i) for i in range(2)]
+        await store.append_outbox(entries)
+        session = VaultLinkSession(st, ws, "clinic", identity.public_bytes)  # type: ignore[arg-type]
+        links.claim("clinic", session)
+        sender = asyncio.create_task(session.stream())
+        for _ in range(100):
+            if len(ws.seqs) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(session.in_flight) == [1, 2]
+        items = [(e.engagement, e.envelope_id, e.envelope_hash) for e in entries]
+        # An earlier link's receipt already deleted entry 1; this link sent it again.
+        await store.apply_receipt("clinic", "earlier-receipt", items[:1], 0)
+        await session.on_ack({"type": "ack", "receipt": sign_receipt(
+            identity, account="clinic", items=items)})
+        assert session.in_flight == {} and session.in_flight_ids == {}
+        assert ws.control[-1]["deleted"] == 1  # only entry 2 was still there
+        ws.closed = True
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    finally:
+        await store.close()
