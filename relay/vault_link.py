@@ -222,9 +222,16 @@ class VaultLinkSession:
                     continue
             # Woken by a new entry (chat, offload) or a receipt freeing the window; the
             # timeout is a backstop only.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(1.0):  # wait_for (3.11) can eat a cancel
                     await wake.wait()
+            except TimeoutError:
+                # A quiet second in memory mode: make sure no committed entry missed the
+                # hand-off (a failed hook would otherwise hold it until the next commit
+                # of the account shows the gap). Reading from the store is always safe.
+                if not self.from_store and not self.queue and await self.st.store.read_outbox(
+                        self.account, self.last_sent, 1):
+                    self.from_store = True
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self.lock:

@@ -157,3 +157,37 @@ async def test_a_receipt_for_an_entry_already_deleted_still_frees_its_window_slo
         await asyncio.gather(sender, return_exceptions=True)
     finally:
         await store.close()
+
+
+async def test_an_entry_that_missed_the_hand_off_is_sent_after_a_quiet_second(
+        tmp_path: pathlib.Path) -> None:
+    store = SqliteStore(tmp_path / "r.sqlite3")
+    links = LinkRegistry()
+    store.on_outbox_committed = links.offer
+    await store.open()
+    ws = _Socket()
+    st: Any = SimpleNamespace(store=store, links=links, metrics=RelayMetrics.create(),
+                              config=SimpleNamespace(link_window=8),
+                              logger=logging.getLogger("test"), clock=lambda: 0.0)
+    try:
+        session = VaultLinkSession(st, ws, "clinic", b"k" * 32)  # type: ignore[arg-type]
+        links.claim("clinic", session)
+        sender = asyncio.create_task(session.stream())
+        await store.append_outbox([_entry(0)])
+        for _ in range(300):
+            if ws.seqs == [1] and not session.from_store:
+                break
+            await asyncio.sleep(0.01)
+        assert ws.seqs == [1] and not session.from_store  # memory mode
+        store.on_outbox_committed = None  # as if the hook had failed for this commit
+        await store.append_outbox([_entry(1)])
+        for _ in range(500):
+            if ws.seqs == [1, 2]:
+                break
+            await asyncio.sleep(0.01)
+        assert ws.seqs == [1, 2]  # found by the backstop, sent once
+        ws.closed = True
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    finally:
+        await store.close()
