@@ -109,10 +109,9 @@ class ChatHub:
                 started_at=round_down(e.started_at, g),
                 ended_at=None if e.ended_at is None else round_down(e.ended_at, g),
                 queue_wait_s=wait, first_response_s=first, agent=e.agent,
-                outcome=e.outcome, visitor_messages=e.counts["visitor_messages"],
-                agent_messages=e.counts["agent_messages"],
-                visitor_bytes=e.counts["visitor_bytes"], agent_bytes=e.counts["agent_bytes"],
-                transfers=e.counts["transfers"]))
+                outcome=e.outcome, visitor_messages=e.visitor_messages,
+                agent_messages=e.agent_messages, visitor_bytes=e.visitor_bytes,
+                agent_bytes=e.agent_bytes, transfers=e.transfers))
             if e.ended_at is not None:
                 self.st.metrics.engagements_total.labels(e.outcome).inc()
         if records:
