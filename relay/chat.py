@@ -218,6 +218,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             raise _Refused("rate.limited", "too many connections from this address")
         if acct is None:
             raise _Refused("account.not_found", "no such account")
+        acct = hub.shared_account(acct)
         ids["account"] = acct.account
         origin = request.headers.get("Origin", "")
         if origin not in acct.origins and origin not in st.config.extra_origins:
@@ -336,6 +337,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
         acct = await st.store.get_account(account)
         if acct is None:
             raise _Refused("account.not_found", "no such account")
+        acct = hub.shared_account(acct)
         ids.update(account=account, agent=agent)
         compliance = acct.mode == "compliance"
         hello = await _hello(st, ws, "agent", compliance)

@@ -10,6 +10,7 @@ import hmac
 import itertools
 import logging
 import secrets
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -22,13 +23,15 @@ from .protocol import close_code_for
 from .records import round_down
 from .routing import Delivery, Router
 from .state import RelayState
-from .store import EngagementRecord
+from .store import Account, EngagementRecord
 
 __all__ = ["ChatHub", "Conn", "refuse"]
 
 
 class Conn:
-    """One registered chat socket."""
+    """One registered chat socket (one per socket, hence slots)."""
+
+    __slots__ = ("account", "id", "lock", "role", "ws")
 
     def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str) -> None:
         self.id, self.ws, self.role, self.account = conn_id, ws, role, account
@@ -47,6 +50,9 @@ class ChatHub:
                              buffer_bytes=cfg.resume_buffer_bytes,
                              max_per_client=cfg.max_engagements_per_address)
         self.conns: dict[str, Conn] = {}
+        # One Account object per account for every socket that holds it (see shared_account).
+        self._accounts: weakref.WeakValueDictionary[str, Account] = \
+            weakref.WeakValueDictionary()
         self.rate = ConnectionRateLimiter(cfg.connections_per_ip_per_minute)
         self._ids = itertools.count(1)
         self.outbox_bytes = 0
@@ -60,6 +66,20 @@ class ChatHub:
         after a restart.
         """
         return hmac.new(self._tag_key, address.encode(), hashlib.blake2b).hexdigest()[:32]
+
+    def shared_account(self, acct: Account) -> Account:
+        """``acct``, or an equal Account already held by live sockets of the same account.
+
+        Each chat socket reads its account at connect and keeps it for its life; without
+        this every idle socket held its own copy (the key statement, origins and ids:
+        about 1 KiB). Equal values only, so a changed account is never served stale: the
+        first socket after a change brings the new value and later sockets share that.
+        """
+        held = self._accounts.get(acct.account)
+        if held is not None and held == acct:
+            return held
+        self._accounts[acct.account] = acct
+        return acct
 
     def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> Conn:
         """Register a socket."""
