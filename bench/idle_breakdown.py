@@ -55,9 +55,10 @@ def _serve(cfg: Any, ready: threading.Event, stop: threading.Event) -> None:
     asyncio.run(run())
 
 
-def _hold(url: str, setup: pathlib.Path, n: int) -> subprocess.Popen[str]:
+def _hold(url: str, setup: pathlib.Path, n: int, compress: int) -> subprocess.Popen[str]:
     holder = subprocess.Popen([sys.executable, str(BENCH / "idle_clients.py"), "--url", url,
-                               "--setup", str(setup), "--n", str(n), "--procs", "2"],
+                               "--setup", str(setup), "--n", str(n), "--procs", "2",
+                               "--compress", str(compress)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None
     line = holder.stdout.readline()
@@ -86,12 +87,58 @@ def _site(frames: tracemalloc.Traceback) -> str:
     return f"{pathlib.Path(lib[0]).parent.name}/{pathlib.Path(lib[0]).name}:{lib[1]} <- {ours}"
 
 
+def _component(frames: tracemalloc.Traceback) -> str:
+    """A coarse owner for one allocation traceback (most recent frame first)."""
+    names = [(f.filename.replace("\\", "/"), f.lineno) for f in reversed(list(frames))]
+    files = [f.rsplit("/", 1)[-1] for f, _ in names]
+    sites = {f"{f}:{ln}" for f, (_, ln) in zip(files, names, strict=True)}
+    if "timeouts.py" in files:
+        return "asyncio: receive timeout (a timer and a Timeout per waiting socket)"
+    if "base_events.py:744" in sites:  # loop.call_at (CPython 3.11)
+        return "asyncio: timer handles (heartbeat, HTTP keep-alive)"
+    ours = next((f for f, _ in names if "/relay/" in f and "site-packages" not in f), None)
+    if ours is None:
+        if files[0] in ("base_events.py", "_weakrefset.py", "tasks.py"):
+            return "asyncio: the 2 tasks per connection (aiohttp: start, _handle_request)"
+        if files[0] in ("selector_events.py", "socket.py", "selectors.py", "transports.py",
+                        "events.py"):
+            return "asyncio: transport, socket, selector key"
+        if files[0] in ("web_app.py", "web_middlewares.py"):
+            return "aiohttp: middleware chain coroutines"
+        if files[0].startswith("web_") or files[0] in ("helpers.py", "http_parser.py"):
+            return "aiohttp: HTTP connection (RequestHandler, parser, upgrade request, headers)"
+        if files[0] in ("core.py",):
+            return "relay: account row read (aiosqlite rows)"
+        return "other: " + files[0]
+    mod = ours.rsplit("/", 1)[-1]
+    if mod in ("routing.py", "routing_model.py", "resume_buffer.py"):
+        return "relay: Engagement and its two delivery logs"
+    if mod == "sqlite_store.py":
+        return "relay: account row read (aiosqlite rows)"
+    if mod in ("protocol.py", "keys.py", "_codec.py"):
+        return "relay: hello frame, visitor keys and key id"
+    if mod == "hub.py":
+        return "relay: hub Conn and its lock"
+    if mod == "admin.py":
+        return "aiohttp: middleware chain coroutines"
+    if mod == "chat.py":
+        if files[0] in ("web_ws.py", "writer.py", "reader_py.py", "web_response.py",
+                        "reader.py", "helpers.py") or "_websocket" in names[0][0]:
+            return "aiohttp: WebSocketResponse, reader queue, parser, writer"
+        if files[0] in ("base_events.py",):
+            return "asyncio: futures the handler waits on"
+        return "relay: handler coroutine frames and locals"
+    return "relay: " + mod
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the per-socket breakdown."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--warm", type=int, default=500)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--compress", type=int, default=0,
+                   help="clients offer permessage-deflate (15: as browsers do)")
     p.add_argument("--dump", type=pathlib.Path, help="also write both snapshots here")
     args = p.parse_args(argv)
     raise_nofile(20_000)
@@ -110,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_engagements_per_account": 100_000,
             "max_engagements_per_address": 10_000_000, "log_level": "WARNING",
             "public_origin": f"http://127.0.0.1:{port}", "idle_timeout_seconds": 3600,
+            # A snapshot holds the GIL for seconds, freezing the relay's loop: a 30 s
+            # heartbeat then closes sockets whose pongs it could not read in time. The
+            # heartbeat's timer exists all the same, so its bytes are still counted.
+            "heartbeat_seconds": 3600,
             "operator_token_file": str(token_file)}.items()}
         os.environ.update(env)
         cfg = load_config(None, host="127.0.0.1", port=port, state_dir=str(tmp / "state"))
@@ -127,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         holders = []
         with start_vault(tmp / "vault", url):
             try:
-                holders.append(_hold(url, setup_path, args.warm))
+                holders.append(_hold(url, setup_path, args.warm, args.compress))
                 snap_a, types_a = _settled()
-                holders.append(_hold(url, setup_path, args.n))
+                holders.append(_hold(url, setup_path, args.n, args.compress))
                 snap_b, types_b = _settled()
             finally:
                 for h in holders:
@@ -141,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             server.join(timeout=30)
     n = args.n
+    live = types_b["WebSocketResponse"] - types_a["WebSocketResponse"]
+    if live != n:  # every figure below would be diluted by sockets that closed
+        print(f"WARNING: {live} of the {n} extra sockets were still open at the snapshot")
     if args.dump:
         args.dump.mkdir(parents=True, exist_ok=True)
         snap_a.dump(str(args.dump / "a.snap"))
@@ -149,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(s.size_diff for s in stats)
     print(f"traced growth per socket: {total / n:,.0f} B ({total / n / 1024:.2f} KiB), "
           f"{sum(s.count_diff for s in stats) / n:.1f} blocks")
+    by_owner: collections.Counter[str] = collections.Counter()
+    for s in stats:
+        by_owner[_component(s.traceback)] += s.size_diff
+    print(f"\n{'bytes/socket':>12}  owner")
+    for owner, size in by_owner.most_common():
+        if abs(size / n) >= 20:
+            print(f"{size / n:>12,.0f}  {owner}")
     by_site: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for s in stats:
         site = _site(s.traceback)
