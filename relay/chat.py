@@ -60,8 +60,13 @@ async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSo
     assert st.hub is not None
     # aiohttp's own limit is a hard backstop; the configured limit is checked per frame
     # so an oversized frame gets our error frame and code.
+    # compress=False: permessage-deflate (which every browser offers) would give each
+    # socket a zlib context at its first frame, 262 KiB for the compressor alone, ten
+    # times the rest of an idle socket; envelopes are ciphertext and do not compress.
+    # It also stops compression-oracle attacks (CRIME-style): a party whose text shares
+    # a deflate context with the other party's could learn it from frame lengths.
     ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4,
-                               heartbeat=st.config.heartbeat_seconds)
+                               heartbeat=st.config.heartbeat_seconds, compress=False)
     await ws.prepare(request)
     return st, st.hub, ws
 

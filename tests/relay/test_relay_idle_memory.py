@@ -11,6 +11,18 @@ from .conftest import ORIGIN, Relay
 pytestmark = pytest.mark.timeout(60)
 
 
+async def test_chat_sockets_refuse_permessage_deflate(relay: Relay) -> None:
+    # A browser offers permessage-deflate; accepting it would cost a zlib context per
+    # socket (and open a compression oracle), so the handshake answers without it.
+    await relay.account("shop")
+    async with relay.session.ws_connect(f"{relay.url}/v1/chat/visitor/shop", compress=15,
+                                        headers={"Origin": ORIGIN}) as ws:
+        assert ws.compress == 0
+        await ws.send_json({"type": "hello"})
+        welcome = await ws.receive_json(timeout=10)
+        assert welcome["type"] == "welcome"
+
+
 async def test_sockets_of_one_account_share_its_account_until_it_changes(relay: Relay) -> None:
     admin = await relay.account("shop")
     hub, store = relay.state.hub, relay.state.store
