@@ -8,6 +8,7 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -28,7 +29,7 @@ from envelope import (
 )
 
 from .admin import hash_token
-from .hub import ChatHub, refuse
+from .hub import ChatHub, Conn, refuse
 from .logs import log_event
 from .protocol import ProtocolError, parse_text_frame
 from .routing import Engagement, Router, RoutingError
@@ -65,17 +66,35 @@ async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSo
     # times the rest of an idle socket; envelopes are ciphertext and do not compress.
     # It also stops compression-oracle attacks (CRIME-style): a party whose text shares
     # a deflate context with the other party's could learn it from frame lengths.
+    # autoping=False: pings and pongs reach _receive, which answers pings and counts
+    # both as signs of life for the idle timeout (as aiohttp's autoping did by
+    # restarting the receive timeout), now kept by ChatHub.sweep_idle.
     ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4,
-                               heartbeat=st.config.heartbeat_seconds, compress=False)
+                               heartbeat=st.config.heartbeat_seconds, compress=False,
+                               autoping=False)
     await ws.prepare(request)
     return st, st.hub, ws
 
 
-async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float) -> Any:
-    try:
-        msg = await ws.receive(timeout=timeout)
-    except TimeoutError:
-        raise _Refused("session.idle_timeout", "no frame in time") from None
+async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float | None = None,
+                   conn: Conn | None = None) -> Any:
+    """The next data frame (None once closing); pings answered, every frame noted in ``conn``.
+
+    Registered sockets wait without a timeout: a receive timeout is a timer and a
+    context manager per socket, so their idle timeout is one sweep over all sockets
+    (ChatHub.sweep_idle) reading ``conn.heard``. Only the hello has its own timeout.
+    """
+    while True:
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            raise _Refused("session.idle_timeout", "no frame in time") from None
+        if conn is not None:
+            conn.heard = asyncio.get_running_loop().time()
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type != WSMsgType.PONG:
+            break
     if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
         if len(msg.data) > st.config.max_frame_bytes:
             raise _Refused("frame.too_large", "frame exceeds the size limit")
@@ -264,9 +283,11 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                             "acked": Router.acked(eng, "visitor"), "agent": eng.agent,
                             "key_id": eng.agent_key_id})
         await hub.deliver(replay)
+        # This frame lives as long as the socket: what only the handshake needed goes now.
+        del hello, replay
         await hub.persist_records()
         while True:
-            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
+            msg = await _receive(st, ws, conn=conn)
             if msg is None:
                 break
             eng = hub.router.visitor_engagement(conn.id)
@@ -369,7 +390,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
         await hub.deliver(replay)
         stream = f"agent:{agent}"
         while True:
-            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
+            msg = await _receive(st, ws, conn=conn)
             if msg is None:
                 break
             if msg.type == WSMsgType.BINARY:

@@ -31,11 +31,14 @@ __all__ = ["ChatHub", "Conn", "refuse"]
 class Conn:
     """One registered chat socket (one per socket, hence slots)."""
 
-    __slots__ = ("account", "id", "lock", "role", "ws")
+    __slots__ = ("account", "closing", "heard", "id", "lock", "role", "ws")
 
-    def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str) -> None:
+    def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str,
+                 now: float) -> None:
         self.id, self.ws, self.role, self.account = conn_id, ws, role, account
         self.lock = asyncio.Lock()
+        self.heard = now  # loop time of the last frame of any kind (pings included)
+        self.closing = False
 
 
 class ChatHub:
@@ -57,6 +60,7 @@ class ChatHub:
         self._ids = itertools.count(1)
         self.outbox_bytes = 0
         self.closing = False
+        self._closers: set[asyncio.Task[None]] = set()
         self._tag_key = secrets.token_bytes(32)
 
     def client_tag(self, address: str) -> str:
@@ -83,7 +87,8 @@ class ChatHub:
 
     def new_conn(self, ws: web.WebSocketResponse, role: str, account: str) -> Conn:
         """Register a socket."""
-        conn = Conn(f"c{next(self._ids)}", ws, role, account)
+        conn = Conn(f"c{next(self._ids)}", ws, role, account,
+                    asyncio.get_running_loop().time())
         self.conns[conn.id] = conn
         self.st.metrics.connections.labels(role).inc()
         self.st.metrics.connections_total.labels(role).inc()
@@ -158,8 +163,29 @@ class ChatHub:
                     self.st, conn.ws, "certificate.revoked", "agent certificate revoked"))
         return len(conns)
 
+    def sweep_idle(self, now: float) -> int:
+        """Close every socket silent for ``idle_timeout_seconds`` (loop time); return how many.
+
+        One pass per tick over all sockets instead of a timer per socket: an idle visitor
+        then costs no timer handle, context or timeout object. Stops a client from
+        holding a socket (and its engagement's memory) open without ever speaking;
+        aiohttp's heartbeat still closes peers that stop answering pings.
+        """
+        limit = self.st.config.idle_timeout_seconds
+        silent = [c for c in self.conns.values() if now - c.heard > limit and not c.closing]
+        loop = asyncio.get_running_loop()
+        for conn in silent:
+            conn.closing = True
+            task = loop.create_task(refuse(self.st, conn.ws, "session.idle_timeout",
+                                           "no frame in time", role=conn.role,
+                                           account=conn.account))
+            self._closers.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._closers.discard)
+        return len(silent)
+
     async def tick(self) -> None:
         """Run the router's time rules and persist records."""
+        self.sweep_idle(asyncio.get_running_loop().time())
         await self.deliver(self.router.tick(self.st.clock()))
         await self.persist_records()
         self.outbox_bytes = (await self.st.store.outbox_stats()).total_bytes

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import pathlib
+
+import aiohttp
 import pytest
 
 from relay.client import VisitorClient
 
-from .conftest import ORIGIN, Relay
+from .conftest import ORIGIN, FakeClock, Relay, start_relay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,3 +44,32 @@ async def test_sockets_of_one_account_share_its_account_until_it_changes(relay: 
     assert changed is not None and changed.mode == "compliance"
     assert hub.shared_account(changed) is changed
     await visitor.close()
+
+
+async def test_pings_keep_a_socket_alive_and_silence_closes_it(tmp_path: pathlib.Path) -> None:
+    # The idle timeout is one sweep over all sockets (no timer per socket); it must
+    # still count websocket pings as life, answer them, and close a silent socket.
+    clock = FakeClock()
+    server = await start_relay(tmp_path / "state", clock, idle_timeout_seconds=1.5)
+    try:
+        async with aiohttp.ClientSession() as session:
+            relay = Relay(server, session, tmp_path / "state", clock)
+            await relay.account("shop")
+            async with session.ws_connect(f"{relay.url}/v1/chat/visitor/shop", autoping=False,
+                                          headers={"Origin": ORIGIN}) as ws:
+                await ws.send_json({"type": "hello"})
+                assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+                for _ in range(8):  # 4 s of pings only: more than twice the idle timeout
+                    await ws.ping(b"alive")
+                    while (msg := await ws.receive(timeout=10)).type != aiohttp.WSMsgType.PONG:
+                        assert msg.type == aiohttp.WSMsgType.TEXT, msg  # "queued" and the like
+                    assert msg.data == b"alive"
+                    await asyncio.sleep(0.5)
+                frames = []
+                while (msg := await ws.receive(timeout=20)).type == aiohttp.WSMsgType.TEXT:
+                    frames.append(json.loads(msg.data))
+                assert {"type": "error", "code": "session.idle_timeout",
+                        "message": "no frame in time"} in frames
+                assert ws.close_code == 4408
+    finally:
+        await server.close()
