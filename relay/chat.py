@@ -66,11 +66,11 @@ async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSo
     # times the rest of an idle socket; envelopes are ciphertext and do not compress.
     # It also stops compression-oracle attacks (CRIME-style): a party whose text shares
     # a deflate context with the other party's could learn it from frame lengths.
-    # autoping=False: pings and pongs reach _receive, which answers pings and counts
-    # both as signs of life for the idle timeout (as aiohttp's autoping did by
-    # restarting the receive timeout), now kept by ChatHub.sweep_idle.
-    ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4,
-                               heartbeat=st.config.heartbeat_seconds, compress=False,
+    # No aiohttp heartbeat (a timer, its context and a callback per socket, and a
+    # callback scheduled per received chunk): ChatHub.sweep pings quiet sockets and
+    # closes dead ones for all sockets at once. autoping=False: pings and pongs reach
+    # _receive, which answers pings and counts both as signs of life.
+    ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4, compress=False,
                                autoping=False)
     await ws.prepare(request)
     return st, st.hub, ws
@@ -81,16 +81,19 @@ async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float | N
     """The next data frame (None once closing); pings answered, every frame noted in ``conn``.
 
     Registered sockets wait without a timeout: a receive timeout is a timer and a
-    context manager per socket, so their idle timeout is one sweep over all sockets
-    (ChatHub.sweep_idle) reading ``conn.heard``. Only the hello has its own timeout.
+    context manager per socket, so their heartbeat and idle timeout are one sweep over
+    all sockets (ChatHub.sweep) reading ``conn.heard`` and ``conn.busy``. Only the
+    hello has its own timeout.
     """
     while True:
+        if conn is not None:
+            conn.busy = False
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
             raise _Refused("session.idle_timeout", "no frame in time") from None
         if conn is not None:
-            conn.heard = asyncio.get_running_loop().time()
+            conn.heard, conn.busy = asyncio.get_running_loop().time(), True
         if msg.type == WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type != WSMsgType.PONG:

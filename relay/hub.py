@@ -11,6 +11,7 @@ import itertools
 import logging
 import secrets
 import weakref
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -31,13 +32,15 @@ __all__ = ["ChatHub", "Conn", "refuse"]
 class Conn:
     """One registered chat socket (one per socket, hence slots)."""
 
-    __slots__ = ("account", "closing", "heard", "id", "lock", "role", "ws")
+    __slots__ = ("account", "busy", "closing", "heard", "id", "lock", "pinged", "role", "ws")
 
     def __init__(self, conn_id: str, ws: web.WebSocketResponse, role: str, account: str,
                  now: float) -> None:
         self.id, self.ws, self.role, self.account = conn_id, ws, role, account
         self.lock = asyncio.Lock()
         self.heard = now  # loop time of the last frame of any kind (pings included)
+        self.pinged = 0.0  # loop time of the last heartbeat ping; unanswered if > heard
+        self.busy = True  # the handler is not waiting for a frame (set by chat._receive)
         self.closing = False
 
 
@@ -60,7 +63,7 @@ class ChatHub:
         self._ids = itertools.count(1)
         self.outbox_bytes = 0
         self.closing = False
-        self._closers: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._tag_key = secrets.token_bytes(32)
 
     def client_tag(self, address: str) -> str:
@@ -163,29 +166,46 @@ class ChatHub:
                     self.st, conn.ws, "certificate.revoked", "agent certificate revoked"))
         return len(conns)
 
-    def sweep_idle(self, now: float) -> int:
-        """Close every socket silent for ``idle_timeout_seconds`` (loop time); return how many.
+    def sweep(self, now: float) -> tuple[int, int]:
+        """Heartbeat and idle timeout of every chat socket (``now``: loop time).
 
-        One pass per tick over all sockets instead of a timer per socket: an idle visitor
-        then costs no timer handle, context or timeout object. Stops a client from
-        holding a socket (and its engagement's memory) open without ever speaking;
-        aiohttp's heartbeat still closes peers that stop answering pings.
+        One pass per tick over all sockets instead of timers per socket (aiohttp's
+        heartbeat and a receive timeout): an idle visitor then costs no timer handle,
+        context or timeout object. A socket quiet for ``heartbeat_seconds`` gets a ping;
+        one that has not answered it within half that, or that sent nothing at all for
+        ``idle_timeout_seconds``, is closed with session.idle_timeout. Stops dead peers
+        (half-open TCP) and silent clients from holding sockets and engagements' memory.
+        A socket whose handler is busy with a frame is skipped: its pong may be waiting
+        unread behind that frame. Returns (pinged, closed).
         """
-        limit = self.st.config.idle_timeout_seconds
-        silent = [c for c in self.conns.values() if now - c.heard > limit and not c.closing]
-        loop = asyncio.get_running_loop()
-        for conn in silent:
+        cfg = self.st.config
+        idle, beat = cfg.idle_timeout_seconds, cfg.heartbeat_seconds
+        pings, closes = [], []
+        for conn in self.conns.values():
+            if conn.busy or conn.closing:
+                continue
+            if now - conn.heard > idle or (conn.pinged > conn.heard
+                                           and now - conn.pinged > beat / 2):
+                closes.append(conn)
+            elif conn.pinged <= conn.heard and now - conn.heard >= beat:
+                pings.append(conn)
+        for conn in pings:
+            conn.pinged = now
+            self._spawn(_ping(conn.ws))
+        for conn in closes:
             conn.closing = True
-            task = loop.create_task(refuse(self.st, conn.ws, "session.idle_timeout",
-                                           "no frame in time", role=conn.role,
-                                           account=conn.account))
-            self._closers.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self._closers.discard)
-        return len(silent)
+            self._spawn(refuse(self.st, conn.ws, "session.idle_timeout", "no frame in time",
+                               role=conn.role, account=conn.account))
+        return len(pings), len(closes)
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
 
     async def tick(self) -> None:
         """Run the router's time rules and persist records."""
-        self.sweep_idle(asyncio.get_running_loop().time())
+        self.sweep(asyncio.get_running_loop().time())
         await self.deliver(self.router.tick(self.st.clock()))
         await self.persist_records()
         self.outbox_bytes = (await self.st.store.outbox_stats()).total_bytes
@@ -201,6 +221,11 @@ class ChatHub:
         # time would add up to an unbounded shutdown.
         await asyncio.gather(*(close(c) for c in list(self.conns.values())))
         await self.persist_records()
+
+
+async def _ping(ws: web.WebSocketResponse) -> None:
+    with contextlib.suppress(Exception):  # a dead peer is the sweep's to close
+        await ws.ping()
 
 
 async def refuse(st: RelayState, ws: web.WebSocketResponse, code: str, message: str,

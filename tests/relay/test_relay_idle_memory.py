@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
 
@@ -73,3 +74,46 @@ async def test_pings_keep_a_socket_alive_and_silence_closes_it(tmp_path: pathlib
                 assert ws.close_code == 4408
     finally:
         await server.close()
+
+
+async def test_heartbeat_keeps_answering_peers_and_closes_silent_ones(
+        tmp_path: pathlib.Path) -> None:
+    # The heartbeat is the same sweep: quiet sockets get a ping; a peer that answers
+    # stays (however long it says nothing else), one that does not is closed.
+    clock = FakeClock()
+    server = await start_relay(tmp_path / "state", clock, heartbeat_seconds=1.0,
+                               idle_timeout_seconds=3600)
+    try:
+        async with aiohttp.ClientSession() as session:
+            relay = Relay(server, session, tmp_path / "state", clock)
+            await relay.account("shop")
+            url = f"{relay.url}/v1/chat/visitor/shop"
+            async with session.ws_connect(url, autoping=True, headers={"Origin": ORIGIN}) \
+                    as answers, session.ws_connect(url, autoping=False,
+                                                   headers={"Origin": ORIGIN}) as mute:
+                for ws in (answers, mute):
+                    await ws.send_json({"type": "hello"})
+                    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+                # A browser answers pings at once; an aiohttp client only while it reads.
+                reader = asyncio.create_task(_read_until_closed(answers))
+                pings = 0
+                while (msg := await mute.receive(timeout=20)).type in (
+                        aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.PING):
+                    pings += msg.type == aiohttp.WSMsgType.PING
+                assert pings >= 1 and mute.close_code == 4408
+                await asyncio.sleep(2.5)  # more heartbeats for the answering peer
+                assert not reader.done()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                await answers.send_json({"type": "ping"})
+                while (await answers.receive_json(timeout=10))["type"] != "pong":
+                    pass
+                assert not answers.closed
+    finally:
+        await server.close()
+
+
+async def _read_until_closed(ws: aiohttp.ClientWebSocketResponse) -> None:
+    while (await ws.receive()).type == aiohttp.WSMsgType.TEXT:
+        pass
