@@ -28,7 +28,7 @@ from envelope import (
     verify_agent_certificate,
 )
 
-from .admin import hash_token
+from .admin import ANSWERS_ITS_ERRORS, hash_token
 from .hub import ChatHub, Conn, refuse
 from .logs import log_event
 from .protocol import ProtocolError, parse_text_frame
@@ -58,22 +58,9 @@ def _client_address(st: RelayState, request: web.Request) -> str:
 
 async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSocketResponse]:
     st = request.app[STATE]
-    assert st.hub is not None
-    # aiohttp's own limit is a hard backstop; the configured limit is checked per frame
-    # so an oversized frame gets our error frame and code.
-    # compress=False: permessage-deflate (which every browser offers) would give each
-    # socket a zlib context at its first frame, 262 KiB for the compressor alone, ten
-    # times the rest of an idle socket; envelopes are ciphertext and do not compress.
-    # It also stops compression-oracle attacks (CRIME-style): a party whose text shares
-    # a deflate context with the other party's could learn it from frame lengths.
-    # No aiohttp heartbeat (a timer, its context and a callback per socket, and a
-    # callback scheduled per received chunk): ChatHub.sweep pings quiet sockets and
-    # closes dead ones for all sockets at once. autoping=False: pings and pongs reach
-    # _receive, which answers pings and counts both as signs of life.
-    ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4, compress=False,
-                               autoping=False)
-    await ws.prepare(request)
-    return st, st.hub, ws
+    if st.hub is None:
+        raise web.HTTPServiceUnavailable()
+    return st, st.hub, await st.hub.prepare_socket(request)
 
 
 async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float | None = None,
@@ -442,3 +429,9 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
             hub.router.agent_left(conn.id, st.clock())
             hub.drop_conn(conn)
     return ws
+
+
+# Both answer every failure in band (error frame, close code), so error_middleware does
+# not wrap them (see relay.admin.error_middleware).
+for _handler in (visitor_socket, agent_socket):
+    setattr(_handler, ANSWERS_ITS_ERRORS, True)

@@ -66,6 +66,34 @@ class ChatHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tag_key = secrets.token_bytes(32)
 
+    async def prepare_socket(self, request: web.Request) -> web.WebSocketResponse:
+        """The chat websocket for ``request``, answered (101) and built to stay small idle."""
+        # aiohttp's own limit is a hard backstop; the configured limit is checked per
+        # frame so an oversized frame gets our error frame and code.
+        # compress=False: permessage-deflate (which every browser offers) would give each
+        # socket a zlib context at its first frame, 262 KiB for the compressor alone, ten
+        # times the rest of an idle socket; envelopes are ciphertext and do not compress.
+        # It also stops compression-oracle attacks (CRIME-style): a party whose text
+        # shares a deflate context with the other party's could learn it from lengths.
+        # No aiohttp heartbeat (a timer, its context and a callback per socket, and a
+        # callback scheduled per received chunk): sweep() pings quiet sockets and closes
+        # dead ones, all sockets at once. autoping=False: pings and pongs reach
+        # chat._receive, which answers pings and counts both as signs of life.
+        ws = web.WebSocketResponse(max_msg_size=self.st.config.max_frame_bytes * 4,
+                                   compress=False, autoping=False)
+        try:
+            await ws.prepare(request)
+        except web.HTTPException:
+            raise  # not a websocket upgrade: aiohttp answers the 400 itself
+        except Exception as exc:
+            # The peer left during the handshake. The chat handlers answer their own
+            # errors (error_middleware does not wrap them): a stable answer here, and
+            # only the type logged, never aiohttp's "Error handling request" line.
+            log_event(self.st.logger, logging.INFO, "chat.handshake_failed",
+                      exc_type=type(exc).__name__)
+            raise web.HTTPBadRequest() from None
+        return ws
+
     def client_tag(self, address: str) -> str:
         """An opaque per-process tag of a client address, for the router's per-address cap.
 

@@ -117,3 +117,15 @@ async def test_heartbeat_keeps_answering_peers_and_closes_silent_ones(
 async def _read_until_closed(ws: aiohttp.ClientWebSocketResponse) -> None:
     while (await ws.receive()).type == aiohttp.WSMsgType.TEXT:
         pass
+
+
+async def test_chat_routes_outside_error_middleware_still_answer_plain_http(relay: Relay) -> None:
+    # error_middleware does not wrap the chat sockets (its frame would live as long as
+    # each socket): a request that is not an upgrade still gets a plain 400, and the
+    # JSON API around them keeps its JSON errors.
+    await relay.account("shop")
+    status, _ = await relay.call("GET", "/v1/chat/visitor/shop", token=None)
+    assert status == 400
+    status, body = await relay.call("GET", "/v1/no/such/route")
+    assert status == 404 and body == {"error": {"code": "not_found",
+                                                "message": "no such route"}}
