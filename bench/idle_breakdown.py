@@ -117,14 +117,14 @@ def _component(frames: tracemalloc.Traceback) -> str:
         return "relay: account row read (aiosqlite rows)"
     if mod in ("protocol.py", "keys.py", "_codec.py"):
         return "relay: hello frame, visitor keys and key id"
-    if mod == "hub.py":
-        return "relay: hub Conn and its lock"
     if mod == "admin.py":
         return "aiohttp: middleware chain coroutines"
+    if files[0] in ("web_ws.py", "writer.py", "reader_py.py", "web_response.py", "reader.py",
+                    "helpers.py") or "_websocket" in names[0][0]:
+        return "aiohttp: WebSocketResponse, reader queue, parser, writer"  # made in hub/chat
+    if mod == "hub.py":
+        return "relay: hub Conn and its lock"
     if mod == "chat.py":
-        if files[0] in ("web_ws.py", "writer.py", "reader_py.py", "web_response.py",
-                        "reader.py", "helpers.py") or "_websocket" in names[0][0]:
-            return "aiohttp: WebSocketResponse, reader queue, parser, writer"
         if files[0] in ("base_events.py",):
             return "asyncio: futures the handler waits on"
         return "relay: handler coroutine frames and locals"
