@@ -6,6 +6,9 @@ parent prints ``held N`` once every socket is open and closes them all when a li
 arrives on stdin (or after ``--hold`` seconds, whichever is first).
 
     python bench/idle_clients.py --url http://127.0.0.1:PORT --setup setup.json --n 2000
+
+``--compress 15`` offers permessage-deflate as browsers do (the aiohttp client does not
+by default, and the relay's answer decides whether each socket carries a zlib context).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from envelope import PartyKeys, b64e
 __all__ = ["main"]
 
 
-async def _hold(url: str, setup: dict[str, str], n: int, hold: float) -> None:
+async def _hold(url: str, setup: dict[str, str], n: int, hold: float, compress: int) -> None:
     sockets: list[aiohttp.ClientWebSocketResponse] = []
     gate = asyncio.Semaphore(64)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -33,7 +36,7 @@ async def _hold(url: str, setup: dict[str, str], n: int, hold: float) -> None:
             async with gate:
                 ws = await session.ws_connect(
                     f"{url}/v1/chat/visitor/{setup['account']}", autoping=True,
-                    headers={"Origin": setup["origin"]})
+                    headers={"Origin": setup["origin"]}, compress=compress)
                 keys = PartyKeys.generate()
                 await ws.send_json({"type": "hello", "keys": {
                     "enc": b64e(keys.encryption.public_bytes),
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--hold", type=float, default=300.0)
+    p.add_argument("--compress", type=int, default=0,
+                   help="offer permessage-deflate with this window (15: as browsers do)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.url.startswith("http://127.0.0.1"):
@@ -68,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile(args.n + 1000)
     setup = json.loads(pathlib.Path(args.setup).read_text())
     if args.child or args.procs <= 1:
-        asyncio.run(asyncio.wait_for(_hold(args.url, setup, args.n, args.hold),
-                                     args.hold + 300))
+        asyncio.run(asyncio.wait_for(_hold(args.url, setup, args.n, args.hold,
+                                           args.compress), args.hold + 300))
         return 0
     children = []
     try:
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             n = args.n // args.procs + (part < args.n % args.procs)
             children.append(subprocess.Popen(
                 [sys.executable, __file__, "--url", args.url, "--setup", args.setup,
-                 "--n", str(n), "--hold", str(args.hold), "--child"],
+                 "--n", str(n), "--hold", str(args.hold), "--compress", str(args.compress),
+                 "--child"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         held = 0
         for child in children:

@@ -8,6 +8,7 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -27,8 +28,8 @@ from envelope import (
     verify_agent_certificate,
 )
 
-from .admin import hash_token
-from .hub import ChatHub, refuse
+from .admin import ANSWERS_ITS_ERRORS, hash_token
+from .hub import ChatHub, Conn, refuse
 from .logs import log_event
 from .protocol import ProtocolError, parse_text_frame
 from .routing import Engagement, Router, RoutingError
@@ -71,20 +72,33 @@ def _client_address(st: RelayState, request: web.Request) -> str:
 
 async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSocketResponse]:
     st = request.app[STATE]
-    assert st.hub is not None
-    # aiohttp's own limit is a hard backstop; the configured limit is checked per frame
-    # so an oversized frame gets our error frame and code.
-    ws = web.WebSocketResponse(max_msg_size=st.config.max_frame_bytes * 4,
-                               heartbeat=st.config.heartbeat_seconds)
-    await ws.prepare(request)
-    return st, st.hub, ws
+    if st.hub is None:
+        raise web.HTTPServiceUnavailable()
+    return st, st.hub, await st.hub.prepare_socket(request)
 
 
-async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float) -> Any:
-    try:
-        msg = await ws.receive(timeout=timeout)
-    except TimeoutError:
-        raise _Refused("session.idle_timeout", "no frame in time") from None
+async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float | None = None,
+                   conn: Conn | None = None) -> Any:
+    """The next data frame (None once closing); pings answered, every frame noted in ``conn``.
+
+    Registered sockets wait without a timeout: a receive timeout is a timer and a
+    context manager per socket, so their heartbeat and idle timeout are one sweep over
+    all sockets (ChatHub.sweep) reading ``conn.heard`` and ``conn.busy``. Only the
+    hello has its own timeout.
+    """
+    while True:
+        if conn is not None:
+            conn.busy = False
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            raise _Refused("session.idle_timeout", "no frame in time") from None
+        if conn is not None:
+            conn.heard, conn.busy = asyncio.get_running_loop().time(), True
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type != WSMsgType.PONG:
+            break
     if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
         if len(msg.data) > st.config.max_frame_bytes:
             raise _Refused("frame.too_large", "frame exceeds the size limit")
@@ -232,6 +246,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
             raise _Refused("rate.limited", "too many connections from this address")
         if acct is None:
             raise _Refused("account.not_found", "no such account")
+        acct = hub.shared_account(acct)
         ids["account"] = acct.account
         origin = request.headers.get("Origin", "")
         if origin not in acct.origins and origin not in st.config.extra_origins:
@@ -272,9 +287,11 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                             "acked": Router.acked(eng, "visitor"), "agent": eng.agent,
                             "key_id": eng.agent_key_id})
         await hub.deliver(replay)
+        # This frame lives as long as the socket: what only the handshake needed goes now.
+        del hello, replay
         await hub.persist_records()
         while True:
-            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
+            msg = await _receive(st, ws, conn=conn)
             if msg is None:
                 break
             eng = hub.router.visitor_engagement(conn.id)
@@ -350,6 +367,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
         acct = await st.store.get_account(account)
         if acct is None:
             raise _Refused("account.not_found", "no such account")
+        acct = hub.shared_account(acct)
         ids.update(account=account, agent=agent)
         compliance = acct.mode == "compliance"
         hello = await _hello(st, ws, "agent", compliance)
@@ -376,7 +394,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
         await hub.deliver(replay)
         stream = f"agent:{agent}"
         while True:
-            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
+            msg = await _receive(st, ws, conn=conn)
             if msg is None:
                 break
             if msg.type == WSMsgType.BINARY:
@@ -425,3 +443,9 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
             hub.router.agent_left(conn.id, st.clock())
             hub.drop_conn(conn)
     return ws
+
+
+# Both answer every failure in band (error frame, close code), so error_middleware does
+# not wrap them (see relay.admin.error_middleware).
+for _handler in (visitor_socket, agent_socket):
+    setattr(_handler, ANSWERS_ITS_ERRORS, True)

@@ -112,11 +112,14 @@ class Router:
     def _offer(self, eng: Engagement) -> list[Delivery]:
         out = []
         order = self._seat_order
+        offered = eng.offered or ()
         seats = sorted((s for s in self._free.get(eng.account, {}).values()
-                        if s.free > 0 and s.conn not in eng.offered),
+                        if s.free > 0 and s.conn not in offered),
                        key=lambda s: (-s.free, order[(s.account, s.agent)]))
         for seat in seats:
             assert seat.conn is not None
+            if eng.offered is None:
+                eng.offered = set()
             eng.offered.add(seat.conn)
             out.append(Delivery(seat.conn, {"type": "offer", "engagement": eng.id,
                                             "visitor_keys": eng.visitor_keys}))
@@ -136,7 +139,8 @@ class Router:
             self._conn_visitor.pop(eng.visitor_conn, None)
         self.dirty.add(eng.id)
         self.closed.append(eng)
-        out = [Delivery(c, {"type": "withdrawn", "engagement": eng.id}) for c in eng.offered]
+        out = [Delivery(c, {"type": "withdrawn", "engagement": eng.id})
+               for c in eng.offered or ()]
         return out + (self._offer_queued(seat) if seat else [])
 
     def _offer_queued(self, seat: AgentSeat) -> list[Delivery]:
@@ -240,7 +244,8 @@ class Router:
         self._touch(seat)
         # Only queued engagements carry offers (accept clears them, close drops them).
         for eng in self._queued.get(seat.account, {}).values():
-            eng.offered.discard(conn)
+            if eng.offered:
+                eng.offered.discard(conn)
         return []
 
     def accept(self, conn: str, eng_id: str, now: float) -> list[Delivery]:
@@ -259,8 +264,8 @@ class Router:
         self._set_queued(eng, False)
         self.dirty.add(eng.id)
         out = [Delivery(c, {"type": "withdrawn", "engagement": eng.id})
-               for c in eng.offered if c != conn]
-        eng.offered.clear()
+               for c in eng.offered or () if c != conn]
+        eng.offered = None
         out += self._to_visitor(eng, {"type": "assigned", "engagement": eng.id,
                                       "agent": seat.agent, "key_id": seat.key_id})
         # The agent gets "assigned" then everything the visitor sent while queued.
@@ -287,7 +292,7 @@ class Router:
             # its history to the new agent (history handoff) on "assigned".
             eng.agent_log = self._log()
         eng.agent, eng.agent_key_id = target.agent, target.key_id
-        eng.counts["transfers"] += 1
+        eng.transfers += 1
         target.engagements.add(eng.id)
         self._touch(seat)
         self._touch(target)
@@ -343,9 +348,12 @@ class Router:
         self.check_seq(eng, stream, seq)
         self.check_room(eng, role, size)
         eng.last_seq[stream] = seq
-        key = "visitor" if role == "visitor" else "agent"
-        eng.counts[f"{key}_messages"] += 1
-        eng.counts[f"{key}_bytes"] += size
+        if role == "visitor":
+            eng.visitor_messages += 1
+            eng.visitor_bytes += size
+        else:
+            eng.agent_messages += 1
+            eng.agent_bytes += size
         if role != "visitor" and eng.first_response_at is None:
             eng.first_response_at = now
         self.dirty.add(eng.id)

@@ -32,9 +32,13 @@ class Delivery:
     dseq: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Engagement:
-    """One live engagement (memory only)."""
+    """One live engagement (memory only).
+
+    There is one per visitor socket, so it is kept small: slots (no per-instance dict),
+    counters as plain fields, and ``offered`` only once the engagement was offered.
+    """
 
     id: str
     account: str
@@ -48,7 +52,7 @@ class Engagement:
     state: str = "queued"
     agent: str | None = None
     agent_key_id: str | None = None
-    offered: set[str] = field(default_factory=set)
+    offered: set[str] | None = None  # agent connections it was offered to, while queued
     accepted_at: float | None = None
     first_response_at: float | None = None
     ended_at: float | None = None
@@ -56,9 +60,18 @@ class Engagement:
     visitor_gone_at: float | None = None
     client: str | None = None
     last_seq: dict[str, int] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=lambda: {
-        "visitor_messages": 0, "agent_messages": 0, "visitor_bytes": 0, "agent_bytes": 0,
-        "transfers": 0})
+    visitor_messages: int = 0
+    agent_messages: int = 0
+    visitor_bytes: int = 0
+    agent_bytes: int = 0
+    transfers: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The record's counters (a copy)."""
+        return {"visitor_messages": self.visitor_messages,
+                "agent_messages": self.agent_messages, "visitor_bytes": self.visitor_bytes,
+                "agent_bytes": self.agent_bytes, "transfers": self.transfers}
 
 
 @dataclass

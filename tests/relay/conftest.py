@@ -108,9 +108,10 @@ async def start_relay(state_dir: pathlib.Path, clock: FakeClock,
     # Every test client is 127.0.0.1: the per-address engagement cap is raised unless a
     # test sets it (tests/relay/test_relay_review_fixes.py does).
     overrides.setdefault("max_engagements_per_address", 10_000)
+    overrides.setdefault("heartbeat_seconds", 5.0)
     cfg = load_config(None, env={}, state_dir=str(state_dir),
                       operator_token_file=str(token_file), log_file="relay.log",
-                      heartbeat_seconds=5.0, **overrides)
+                      **overrides)
     app = create_app(cfg, clock=clock, env={})
     if _prestart is not None:
         _prestart(app)
