@@ -48,13 +48,8 @@ class _Refused(Exception):
 
 
 def new_engagement_id() -> str:
-    """A fresh engagement id: 16 base64url characters (96 random bits), never starting
-    with ``-`` or ``_``.
-
-    Staff type these ids into command lines (``controller-vault transcripts show ID``,
-    ``erase --engagement ID``), where a leading ``-`` reads as an option: one id in 32 did.
-    Redrawing costs nothing and the first character still carries almost 6 bits.
-    """
+    """16 base64url characters (96 random bits) never starting with ``-`` or ``_``: staff
+    type these ids into command lines, where a leading ``-`` reads as an option."""
     while True:
         engagement = secrets.token_urlsafe(12)
         if engagement[0].isalnum():
