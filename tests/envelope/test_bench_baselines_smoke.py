@@ -54,7 +54,7 @@ def test_forwarder_delivers_every_message(script: str, kind: str) -> None:
         closed = _load(url, kind, "--pairs", "5", "--count", "30", "--duration", "10")
         assert closed["sent"] == closed["received"] == 5 * 2 * 30
         fixed = _load(url, kind, "--pairs", "5", "--rate", "200", "--duration", "1")
-        assert fixed["lost"] == 0 and fixed["mode"] == "fixed-rate"
+        assert fixed["undelivered_at_stop"] == 0 and fixed["mode"] == "fixed-rate"
         assert fixed["p50_ms"] is not None and fixed["p999_ms"] is not None
 
 
