@@ -8,7 +8,6 @@ the stable code as reason; other connections are untouched.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -30,7 +29,6 @@ from envelope import (
 
 from .admin import hash_token
 from .hub import ChatHub, refuse
-from .idle import IdleGuard
 from .logs import log_event
 from .protocol import ProtocolError, parse_text_frame
 from .routing import Engagement, Router, RoutingError
@@ -82,22 +80,9 @@ async def _prepare(request: web.Request) -> tuple[RelayState, ChatHub, web.WebSo
     return st, st.hub, ws
 
 
-async def _receive(st: RelayState, ws: web.WebSocketResponse,
-                   timeout: float | IdleGuard) -> Any:
+async def _receive(st: RelayState, ws: web.WebSocketResponse, timeout: float) -> Any:
     try:
-        if isinstance(timeout, IdleGuard):
-            # The frame loops: no timer per frame (relay/idle.py says why).
-            timeout.waiting()
-            try:
-                msg = await ws.receive()
-            except asyncio.CancelledError:
-                if timeout.expired():
-                    raise TimeoutError from None
-                raise
-            finally:
-                timeout.received()
-        else:
-            msg = await ws.receive(timeout=timeout)
+        msg = await ws.receive(timeout=timeout)
     except TimeoutError:
         raise _Refused("session.idle_timeout", "no frame in time") from None
     if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -237,7 +222,7 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
     """``GET /v1/chat/visitor/{account}``: one visitor, one engagement."""
     st, hub, ws = await _prepare(request)
     ids: dict[str, Any] = {"role": "visitor"}
-    conn, idle = None, None
+    conn = None
     eng: Engagement | None = None
     try:
         acct = await st.store.get_account(request.match_info["account"])
@@ -288,9 +273,8 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
                             "key_id": eng.agent_key_id})
         await hub.deliver(replay)
         await hub.persist_records()
-        idle = IdleGuard(st.config.idle_timeout_seconds)
         while True:
-            msg = await _receive(st, ws, idle)
+            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
             if msg is None:
                 break
             eng = hub.router.visitor_engagement(conn.id)
@@ -325,8 +309,6 @@ async def visitor_socket(request: web.Request) -> web.WebSocketResponse:
     except Exception as exc:
         await _internal_error(st, ws, exc, ids)
     finally:
-        if idle is not None:
-            idle.close()
         if conn is not None:
             hub.router.visitor_left(conn.id, st.clock())
             hub.drop_conn(conn)
@@ -362,7 +344,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
     """``GET /v1/chat/agent``: one agent device, many engagements."""
     st, hub, ws = await _prepare(request)
     ids: dict[str, Any] = {"role": "agent"}
-    conn, idle = None, None
+    conn = None
     try:
         account, agent = await _agent_identity(st, request)
         acct = await st.store.get_account(account)
@@ -393,9 +375,8 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                             "engagements": attached})
         await hub.deliver(replay)
         stream = f"agent:{agent}"
-        idle = IdleGuard(st.config.idle_timeout_seconds)
         while True:
-            msg = await _receive(st, ws, idle)
+            msg = await _receive(st, ws, st.config.idle_timeout_seconds)
             if msg is None:
                 break
             if msg.type == WSMsgType.BINARY:
@@ -440,8 +421,6 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
     except Exception as exc:
         await _internal_error(st, ws, exc, ids)
     finally:
-        if idle is not None:
-            idle.close()
         if conn is not None:
             hub.router.agent_left(conn.id, st.clock())
             hub.drop_conn(conn)
