@@ -21,6 +21,9 @@ _IDLE = ("select (selectors.py", "poll (selectors.py", "run_once (uvloop", "_run
 
 def _short(frame: str) -> str:
     # py-spy frames look like "name (path/to/file.py:LINE)"; keep name and file tail.
+    # With --threads the first frame is "thread (TID): NAME": keep the thread's name.
+    if frame.startswith("thread ("):
+        return "thread " + frame.partition("): ")[2]
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = path.split("/")

@@ -1,10 +1,18 @@
-"""Group commit: one writer task turns many queued writes into one SQLite transaction.
+"""Group commit: one writer thread turns many queued writes into one SQLite transaction.
 
-The writer takes every pending write (up to ``max_batch``), runs each inside its own
-SAVEPOINT in one transaction, commits once, then resolves the callers. A caller is told
-"done" only after the commit, which is what lets the relay acknowledge a frame only once
-it is durable. Consecutive outbox appends are merged into one statement per account and
-one ``executemany`` (see :meth:`GroupCommitter._append_merged`).
+The writer task takes every pending write (up to ``max_batch``) and hands the whole
+batch to a dedicated thread that owns a plain ``sqlite3`` connection: there it runs each
+write inside its own SAVEPOINT in one transaction and commits once. Then, back on the
+event loop, it resolves the callers. A caller is told "done" only after the commit,
+which is what lets the relay acknowledge a frame only once it is durable. Consecutive
+outbox appends are merged into one statement per account and one ``executemany`` (see
+:func:`_append_merged`).
+
+One thread hop per batch, not per statement: with aiosqlite every statement (BEGIN,
+SAVEPOINT, the counters, the insert, RELEASE, COMMIT) was its own hop (a queue put, a
+thread wake, a future, a ``call_soon_threadsafe``), and those hops were a large share
+of the event loop's time per message. Writes are therefore plain functions of a
+``sqlite3.Connection``, run inside the writer thread; they must not touch the loop.
 
 After each commit, and before any caller is resumed, the outbox entries the batch
 committed are handed to ``on_outbox_committed`` with their sequences, in commit order
@@ -16,30 +24,50 @@ instead of reading them back (relay/vault_link.py). Every outbox insert is an
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-import aiosqlite
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from .store import OutboxEntry
 
 __all__ = ["GroupCommitter", "OutboxAppend", "OutboxHook", "Write", "insert_outbox"]
 
-Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
+Write = Callable[[sqlite3.Connection], Any]
 OutboxHook = Callable[[list[OutboxEntry]], None]
+T = TypeVar("T")
+_Outcome = tuple[Any, BaseException | None]
 
 
 class GroupCommitter:
-    """The single writer of one SQLite connection."""
+    """The single writer of one SQLite file: a thread owning its connection, and a task."""
 
-    def __init__(self, conn: aiosqlite.Connection, max_batch: int,
+    def __init__(self, connect: Callable[[], sqlite3.Connection], max_batch: int,
                  on_outbox_committed: OutboxHook | None = None) -> None:
-        self.conn, self.max_batch = conn, max_batch
+        self.max_batch = max_batch
         self.on_outbox_committed = on_outbox_committed
-        self.queue: asyncio.Queue[tuple[Write, asyncio.Future[Any]]] = asyncio.Queue()
         self.batches_committed = 0
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        # One thread: the connection is only ever used from it, one batch at a time.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-writer")
+        self._pending: collections.deque[tuple[Write, asyncio.Future[Any]]] = \
+            collections.deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Open the connection in the writer thread."""
+        self._conn = await self._in_thread(lambda: self._connect())
+
+    async def run_alone(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the writer thread outside any batch (schema upgrades at open)."""
+        conn = self._conn
+        assert conn is not None, "writer not open"
+        return await self._in_thread(lambda: fn(conn))
 
     def start(self) -> None:
         """Start the writer task."""
@@ -48,128 +76,141 @@ class GroupCommitter:
     async def submit(self, op: Write) -> Any:
         """Queue one write; return its result once its transaction has committed."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((op, fut))
+        self._pending.append((op, fut))
+        self._wake.set()
         return await fut
 
-    async def stop(self) -> None:
-        """Commit everything queued, then stop the writer."""
+    async def close(self) -> None:
+        """Commit everything queued, stop the writer, close the connection."""
         if self._task is not None:
-            await self.queue.join()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            self._stopping = True
+            self._wake.set()
+            try:
                 await self._task
-            self._task = None
+            finally:
+                self._task = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._in_thread(conn.close)
+        self._thread.shutdown(wait=False)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     async def _write_loop(self) -> None:
-        conn = self.conn
+        pending = self._pending
         while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            committed: list[OutboxEntry] = []
+            if not pending:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
+            ops = [op for op, _ in batch]
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                i = 0
-                while i < len(batch):
-                    run = _append_run(batch, i)
-                    if len(run) > 1:
-                        merged = await self._append_merged(conn, run, i)
-                        results += merged
-                        for (op, _), (_, value, error) in zip(run, merged, strict=True):
-                            if error is None:
-                                committed += _with_seqs(op, value)
-                    else:
-                        op, fut = batch[i]
-                        value, error = await _in_savepoint(conn, f"w{i}", op)
-                        results.append((fut, value, error))
-                        if error is None and isinstance(op, OutboxAppend):
-                            committed += _with_seqs(op, value)
-                    i += max(1, len(run))
-                await conn.execute("COMMIT")
+                ok, results, committed = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._run_batch, ops)
+            except Exception as exc:  # the thread itself failed (closed connection...)
+                ok, results, committed = False, [(None, exc)] * len(batch), []
+            if ok:
                 self.batches_committed += 1
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
-                results = [(fut, None, exc) for _, fut in batch]
-                committed = []
             if committed and self.on_outbox_committed is not None:
                 # Before any caller resumes: the hook sees commits in commit order.
                 with contextlib.suppress(Exception):
                     self.on_outbox_committed(committed)
-            for fut, value, error in results:
+            for (_, fut), (value, error) in zip(batch, results, strict=True):
                 if not fut.done():
                     if error is not None:
                         fut.set_exception(error)
                     else:
                         fut.set_result(value)
-            for _ in batch:
-                self.queue.task_done()
 
-    async def _append_merged(self, conn: aiosqlite.Connection,
-                             run: list[tuple[Write, asyncio.Future[Any]]], at: int
-                             ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        """Consecutive outbox appends as one statement per account plus one insert.
+    def _run_batch(self, ops: list[Write]) -> tuple[bool, list[_Outcome], list[OutboxEntry]]:
+        """One transaction, each write in its own savepoint (in the writer thread)."""
+        conn = self._conn
+        assert conn is not None, "writer not open"
+        results: list[_Outcome] = []
+        committed: list[OutboxEntry] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            i = 0
+            while i < len(ops):
+                run = _append_run(ops, i)
+                if len(run) > 1:
+                    merged = _append_merged(conn, run, i)
+                    results += merged
+                    for append, (value, error) in zip(run, merged, strict=True):
+                        if error is None:
+                            committed += _with_seqs(append, value)
+                else:
+                    op = ops[i]
+                    value, error = _in_savepoint(conn, f"w{i}", op)
+                    results.append((value, error))
+                    if error is None and isinstance(op, OutboxAppend):
+                        committed += _with_seqs(op, value)
+                i += max(1, len(run))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            return False, [(None, exc)] * len(ops), []
+        return True, results, committed
 
-        Under load nearly every queued write is an outbox append; one aiosqlite call
-        per row (a thread round trip each) was the relay's bottleneck. If the merged
-        write fails (a duplicate envelope id), each append runs alone, so only the bad
-        one fails, as before.
-        """
-        appends = [op for op, _ in run if isinstance(op, OutboxAppend)]
-        assert len(appends) == len(run)
 
-        async def merged(c: aiosqlite.Connection) -> list[list[int]]:
-            entries = [e for op in appends for e in op.entries]
-            wanted: dict[str, int] = {}
-            for e in entries:
+def _append_merged(conn: sqlite3.Connection, run: list[OutboxAppend], at: int
+                   ) -> list[_Outcome]:
+    """Consecutive outbox appends as one statement per account plus one insert.
+
+    Under load nearly every queued write is an outbox append; one statement per row was
+    the relay's bottleneck. If the merged write fails (a duplicate envelope id), each
+    append runs alone, so only the bad one fails, as before.
+    """
+    def merged(c: sqlite3.Connection) -> list[list[int]]:
+        wanted: dict[str, int] = {}
+        for op in run:
+            for e in op.entries:
                 wanted[e.account] = wanted.get(e.account, 0) + 1
-            next_seq: dict[str, int] = {}
-            for account, n in wanted.items():
-                async with c.execute(
-                        "INSERT INTO outbox_counters (account, next_seq) VALUES (?, ?)"
-                        " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + ?"
-                        " RETURNING next_seq - ?", (account, n + 1, n, n)) as cur:
-                    row = await cur.fetchone()
-                assert row is not None
-                next_seq[account] = int(row[0])
-            rows, seqs = [], []
-            for op in appends:
-                mine = []
-                for e in op.entries:
-                    seq = next_seq[e.account]
-                    next_seq[e.account] = seq + 1
-                    rows.append((e.account, seq, e.envelope_id, e.engagement, e.envelope_hash,
-                                 e.data, e.created_at))
-                    mine.append(seq)
-                seqs.append(mine)
-            await c.executemany(
-                "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
-                " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            return seqs
+        next_seq: dict[str, int] = {}
+        for account, n in wanted.items():
+            row = c.execute(
+                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, ?)"
+                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + ?"
+                " RETURNING next_seq - ?", (account, n + 1, n, n)).fetchone()
+            assert row is not None
+            next_seq[account] = int(row[0])
+        rows, seqs = [], []
+        for op in run:
+            mine = []
+            for e in op.entries:
+                seq = next_seq[e.account]
+                next_seq[e.account] = seq + 1
+                rows.append((e.account, seq, e.envelope_id, e.engagement, e.envelope_hash,
+                             e.data, e.created_at))
+                mine.append(seq)
+            seqs.append(mine)
+        c.executemany(
+            "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
+            " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return seqs
 
-        value, error = await _in_savepoint(conn, f"m{at}", merged)
-        if error is None:
-            return [(fut, seqs, None) for (_, fut), seqs in zip(run, value, strict=True)]
-        out = []
-        for j, (op, fut) in enumerate(run):
-            one, one_error = await _in_savepoint(conn, f"w{at + j}", op)
-            out.append((fut, one, one_error))
-        return out
+    value, error = _in_savepoint(conn, f"m{at}", merged)
+    if error is None:
+        return [(seqs, None) for seqs in value]
+    return [_in_savepoint(conn, f"w{at + j}", op) for j, op in enumerate(run)]
 
 
-async def insert_outbox(conn: aiosqlite.Connection, entries: Sequence[OutboxEntry]) -> list[int]:
+def insert_outbox(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> list[int]:
     """Insert outbox rows with fresh per-account sequences (inside a write)."""
     seqs = []
     for e in entries:
-        async with conn.execute(
-                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
-                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
-                " RETURNING next_seq - 1", (e.account,)) as cur:
-            row = await cur.fetchone()
+        row = conn.execute(
+            "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
+            " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
+            " RETURNING next_seq - 1", (e.account,)).fetchone()
         assert row is not None
         seq = int(row[0])
-        await conn.execute(
+        conn.execute(
             "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
             " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
@@ -189,10 +230,10 @@ class OutboxAppend:
         self.entries = list(entries)
         self.then = then
 
-    async def __call__(self, conn: aiosqlite.Connection) -> list[int]:
-        seqs = await insert_outbox(conn, self.entries)
+    def __call__(self, conn: sqlite3.Connection) -> list[int]:
+        seqs = insert_outbox(conn, self.entries)
         if self.then is not None:
-            await self.then(conn)
+            self.then(conn)
         return seqs
 
 
@@ -202,24 +243,25 @@ def _with_seqs(op: Write, seqs: list[int]) -> list[OutboxEntry]:
                         e.created_at) for e, seq in zip(op.entries, seqs, strict=True)]
 
 
-def _append_run(batch: Sequence[tuple[Write, Any]], start: int) -> list[tuple[Write, Any]]:
-    """The consecutive mergeable outbox appends of ``batch`` from ``start`` (maybe none)."""
-    end = start
-    while end < len(batch) and isinstance(op := batch[end][0], OutboxAppend) \
-            and op.then is None:
-        end += 1
-    return list(batch[start:end])
+def _append_run(ops: Sequence[Write], start: int) -> list[OutboxAppend]:
+    """The consecutive mergeable outbox appends of ``ops`` from ``start`` (maybe none)."""
+    run: list[OutboxAppend] = []
+    for i in range(start, len(ops)):
+        op = ops[i]
+        if not isinstance(op, OutboxAppend) or op.then is not None:
+            break
+        run.append(op)
+    return run
 
 
-async def _in_savepoint(conn: aiosqlite.Connection, name: str, op: Write
-                        ) -> tuple[Any, BaseException | None]:
+def _in_savepoint(conn: sqlite3.Connection, name: str, op: Write) -> _Outcome:
     """Run one write inside its own SAVEPOINT: a failing write is rolled back alone."""
-    await conn.execute(f"SAVEPOINT {name}")
+    conn.execute(f"SAVEPOINT {name}")
     try:
-        value = await op(conn)
+        value = op(conn)
     except Exception as exc:
-        await conn.execute(f"ROLLBACK TO {name}")
-        await conn.execute(f"RELEASE {name}")
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
         return None, exc
-    await conn.execute(f"RELEASE {name}")
+    conn.execute(f"RELEASE {name}")
     return value, None

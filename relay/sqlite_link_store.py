@@ -9,24 +9,22 @@ receipted.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import aiosqlite
-
-from .group_commit import OutboxAppend
+from .group_commit import OutboxAppend, Write
 from .store import OutboxEntry, ReceiptOutcome
 
 __all__ = ["LinkStoreMixin"]
 
-_Write = Callable[[aiosqlite.Connection], Awaitable[Any]]
 _RECEIPT_CHUNK = 256  # items per DELETE: 4 parameters each, far below SQLite's limit
 
 
 class LinkStoreMixin:
     """Vault-link and offload operations on top of the store's writer and reader."""
 
-    _write: Callable[[_Write], Awaitable[Any]]
+    _write: Callable[[Write], Awaitable[Any]]
     _fetch: Callable[..., Awaitable[list[Any]]]
 
     # vault link: receipts, rejections, erasures ---------------------------------------
@@ -39,7 +37,7 @@ class LinkStoreMixin:
         engagement, or bytes other than those stored (hash) matches no row and deletes
         nothing; a replayed receipt finds its rows already gone.
         """
-        async def op(conn: aiosqlite.Connection) -> ReceiptOutcome:
+        def op(conn: sqlite3.Connection) -> ReceiptOutcome:
             deleted: list[tuple[int, int]] = []
             per_engagement: dict[str, int] = {}
             touched: set[str] = set()
@@ -54,38 +52,37 @@ class LinkStoreMixin:
                 args: list[Any] = [account, *(i[1] for i in chunk)]
                 for engagement, envelope_id, envelope_hash in chunk:
                     args += (envelope_id, envelope_hash, engagement)
-                rows = await conn.execute_fetchall(
+                rows = conn.execute(
                     f"DELETE FROM outbox WHERE account=? AND envelope_id IN ({ids})"
                     f" AND (envelope_id, envelope_hash, engagement) IN (VALUES {rows_sql})"
-                    " RETURNING seq, created_at, engagement, envelope_id", args)
+                    " RETURNING seq, created_at, engagement, envelope_id", args).fetchall()
                 gone = sorted((int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows)
                 for seq, created_at, engagement, _ in gone:
                     deleted.append((seq, created_at))
                     per_engagement[engagement] = per_engagement.get(engagement, 0) + 1
                 if gone:
                     marks = ", ".join("?" for _ in gone)
-                    offloaded_rows = await conn.execute_fetchall(
+                    offloaded_rows = conn.execute(
                         f"DELETE FROM offload_envelopes WHERE account=? AND envelope_id IN"
                         f" ({marks}) RETURNING engagement",
-                        [account, *(g[3] for g in gone)])
+                        [account, *(g[3] for g in gone)]).fetchall()
                     touched.update(str(r[0]) for r in offloaded_rows)
             if per_engagement:
-                await conn.executemany(
+                conn.executemany(
                     "INSERT INTO engagement_receipts (account, engagement, receipt_hash,"
                     " envelopes, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [(account, engagement, receipt_hash, n, at)
                      for engagement, n in per_engagement.items()])
             offloaded = []
             for engagement in sorted(touched):
-                async with conn.execute("SELECT 1 FROM offload_envelopes WHERE account=? AND"
-                                        " engagement=? LIMIT 1", (account, engagement)) as cur:
-                    if await cur.fetchone() is not None:
-                        continue
+                if conn.execute("SELECT 1 FROM offload_envelopes WHERE account=? AND"
+                                " engagement=? LIMIT 1", (account, engagement)).fetchone():
+                    continue
                 # Every offload envelope of the transcript is in the vault: purge it here.
-                await conn.execute("DELETE FROM transcripts WHERE account=? AND engagement=?",
+                conn.execute("DELETE FROM transcripts WHERE account=? AND engagement=?",
                                    (account, engagement))
                 # Purged, checkpoint pending until the WAL is folded (Offloader.purged).
-                await conn.execute("UPDATE offload SET state='done', checkpoint_pending=1"
+                conn.execute("UPDATE offload SET state='done', checkpoint_pending=1"
                                    " WHERE account=? AND engagement=?", (account, engagement))
                 offloaded.append(engagement)
             return ReceiptOutcome(tuple(deleted), tuple(offloaded))
@@ -94,19 +91,18 @@ class LinkStoreMixin:
 
     async def reject_outbox(self, account: str, seq: int, code: str, at: int) -> str | None:
         """Drop a refused entry (ciphertext gone, never retried) and count it."""
-        async def op(conn: aiosqlite.Connection) -> str | None:
-            async with conn.execute("DELETE FROM outbox WHERE account=? AND seq=?"
-                                    " RETURNING engagement, envelope_id", (account, seq)) as cur:
-                row = await cur.fetchone()
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("DELETE FROM outbox WHERE account=? AND seq=?"
+                               " RETURNING engagement, envelope_id", (account, seq)).fetchone()
             if row is None:
                 return None
             engagement, envelope_id = str(row[0]), str(row[1])
-            await conn.execute("INSERT INTO engagement_rejections (account, engagement, code,"
+            conn.execute("INSERT INTO engagement_rejections (account, engagement, code,"
                                " at) VALUES (?, ?, ?, ?)", (account, engagement, code, at))
-            cur2 = await conn.execute("DELETE FROM offload_envelopes WHERE account=? AND"
+            cur2 = conn.execute("DELETE FROM offload_envelopes WHERE account=? AND"
                                       " envelope_id=?", (account, envelope_id))
             if cur2.rowcount:
-                await conn.execute("UPDATE offload SET state='rejected' WHERE account=? AND"
+                conn.execute("UPDATE offload SET state='rejected' WHERE account=? AND"
                                    " engagement=?", (account, engagement))
             return engagement
         result: str | None = await self._write(op)
@@ -117,8 +113,8 @@ class LinkStoreMixin:
         """Record a verified erasure notice on engagement records; return how many."""
         rows = [(account, e, rule, at, notice_hash) for e in engagements]
 
-        async def op(conn: aiosqlite.Connection) -> int:
-            await conn.executemany(
+        def op(conn: sqlite3.Connection) -> int:
+            conn.executemany(
                 "INSERT INTO engagement_erasures (account, engagement, rule, erased_at,"
                 " notice_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
             return len(rows)
@@ -128,8 +124,8 @@ class LinkStoreMixin:
 
     async def plan_offload(self, account: str, at: int) -> int:
         """Mark every stored transcript of ``account`` for offload; return how many."""
-        async def op(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO offload (account, engagement, state, planned_at)"
                 " SELECT DISTINCT account, engagement, 'pending', ? FROM transcripts"
                 " WHERE account=?", (at, account))
@@ -146,11 +142,11 @@ class LinkStoreMixin:
     async def queue_offload(self, account: str, engagement: str,
                             entries: Sequence[OutboxEntry]) -> None:
         """Append offload envelopes and mark the engagement queued, in one transaction."""
-        async def mark_queued(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
+        def mark_queued(conn: sqlite3.Connection) -> None:
+            conn.executemany(
                 "INSERT INTO offload_envelopes (account, engagement, envelope_id)"
                 " VALUES (?, ?, ?)", [(account, engagement, e.envelope_id) for e in entries])
-            await conn.execute("UPDATE offload SET state='queued' WHERE account=? AND"
+            conn.execute("UPDATE offload SET state='queued' WHERE account=? AND"
                                " engagement=?", (account, engagement))
         # An OutboxAppend, so the committed envelopes reach the live link like any other.
         await self._write(OutboxAppend(entries, then=mark_queued))
@@ -175,6 +171,7 @@ class LinkStoreMixin:
 
     async def clear_checkpoint_pending(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Mark these purges checkpointed (only those read before the checkpoint ran)."""
+        rows = list(pairs)
         await self._write(lambda c: c.executemany(
             "UPDATE offload SET checkpoint_pending=0 WHERE account=? AND engagement=?",
-            list(pairs)))
+            rows).close())

@@ -1,10 +1,12 @@
-"""The embedded store: one SQLite file (WAL) through aiosqlite, one writer connection.
+"""The embedded store: one SQLite file (WAL), one writer connection, one reader.
 
-Writes go through a group-commit queue: the writer task takes every pending write
-(up to ``max_batch``), runs each inside its own SAVEPOINT in one transaction, commits
-once, then resolves the callers. A caller is told "done" only after the commit, which
-is what lets the relay acknowledge a frame only once it is durable. Reads use a
-second connection, so they never see a batch before it commits.
+Writes go through a group-commit queue (relay/group_commit.py): the writer takes every
+pending write (up to ``max_batch``), runs the whole batch in one hop to its own thread,
+each write inside its own SAVEPOINT in one transaction, commits once, then resolves the
+callers. A caller is told "done" only after the commit, which is what lets the relay
+acknowledge a frame only once it is durable. Writes are therefore plain functions of a
+``sqlite3.Connection`` that run in the writer thread. Reads use a second connection
+(aiosqlite), so they never see a batch before it commits.
 
 ``secure_delete`` is on so deleted ciphertext and transcripts do not linger in free
 pages of the file.
@@ -65,7 +67,6 @@ class SqliteStore(LinkStoreMixin):
     def __init__(self, path: str | pathlib.Path, *, max_batch: int = 256) -> None:
         self.path = pathlib.Path(path)
         self.max_batch = max_batch
-        self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._committer: GroupCommitter | None = None
         #: Called after each commit with the outbox entries it committed (their seqs
@@ -74,44 +75,36 @@ class SqliteStore(LinkStoreMixin):
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute("PRAGMA secure_delete=ON")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
+        for pragma in _PRAGMAS:
+            await conn.execute(pragma)
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        # Opened in the writer thread and only ever used there (check_same_thread off
+        # only so close() may be handed the object; it runs in that thread too).
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
         return conn
 
     async def open(self) -> None:
         """Open both connections, apply schema upgrades, start the writer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        self.path.chmod(0o600)
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
-        self._committer = GroupCommitter(self._writer, self.max_batch,
+        self._committer = GroupCommitter(self._connect_writer, self.max_batch,
                                          lambda entries: self._outbox_committed(entries))
+        await self._committer.open()
+        self.path.chmod(0o600)
+        await self._committer.run_alone(_migrate)
+        self._reader = await self._connect()
         self._committer.start()
-
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        for version, sql in _schema_files():
-            if version > current:
-                await conn.execute("BEGIN IMMEDIATE")
-                for stmt in _statements(sql):
-                    await conn.execute(stmt)
-                await conn.execute(f"PRAGMA user_version={int(version)}")
-                await conn.execute("COMMIT")
 
     async def close(self) -> None:
         """Commit everything queued, then close (graceful shutdown flushes the outbox)."""
         if self._committer is not None:
-            await self._committer.stop()
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+            await self._committer.close()
+        if self._reader is not None:
+            await self._reader.close()
+        self._reader = None
 
     def _outbox_committed(self, entries: list[OutboxEntry]) -> None:
         if self.on_outbox_committed is not None:
@@ -139,8 +132,8 @@ class SqliteStore(LinkStoreMixin):
 
     async def create_account(self, account: Account) -> bool:
         """Insert; False when the id exists."""
-        async def op(conn: aiosqlite.Connection) -> bool:
-            cur = await conn.execute(
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO accounts (account, mode, origins, retention_days,"
                 " created_at) VALUES (?, ?, ?, ?, ?)",
                 (account.account, account.mode, json.dumps(list(account.origins)),
@@ -172,16 +165,16 @@ class SqliteStore(LinkStoreMixin):
     async def set_vault(self, account: str, identity_key: bytes, statement: dict[str, str],
                         vault_key_id: str, vault_key: bytes) -> None:
         """Store a verified pairing."""
-        await self._write(lambda c: c.execute(
+        await self._write(_exec(
             "UPDATE accounts SET identity_key=?, key_statement=?, vault_key_id=?, vault_key=?"
             " WHERE account=?",
             (identity_key, json.dumps(statement), vault_key_id, vault_key, account)))
 
     async def set_mode(self, account: str, mode: str, actor: str, at: int) -> None:
         """Change the mode and record the change, in one transaction."""
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE accounts SET mode=? WHERE account=?", (mode, account))
-            await conn.execute("INSERT INTO mode_changes (account, mode, actor, at)"
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE accounts SET mode=? WHERE account=?", (mode, account))
+            conn.execute("INSERT INTO mode_changes (account, mode, actor, at)"
                                " VALUES (?, ?, ?, ?)", (account, mode, actor, at))
         await self._write(op)
 
@@ -195,7 +188,7 @@ class SqliteStore(LinkStoreMixin):
 
     async def add_token(self, token_hash: str, record: TokenRecord, at: int) -> None:
         """Store a hashed token."""
-        await self._write(lambda c: c.execute(
+        await self._write(_exec(
             "INSERT INTO tokens (token_hash, kind, account, agent, created_at)"
             " VALUES (?, ?, ?, ?, ?)", (token_hash, record.kind, record.account, record.agent,
                                         at)))
@@ -208,15 +201,15 @@ class SqliteStore(LinkStoreMixin):
 
     async def add_agent_certificate(self, row: AgentCertificateRow, at: int) -> None:
         """Store (or replace) a verified agent certificate."""
-        await self._write(lambda c: c.execute(
+        await self._write(_exec(
             "INSERT OR REPLACE INTO agent_certificates (account, key_id, agent, certificate,"
             " created_at) VALUES (?, ?, ?, ?, ?)",
             (row.account, row.key_id, row.agent, json.dumps(row.certificate), at)))
 
     async def delete_agent_certificate(self, account: str, key_id: str) -> bool:
         """Remove one agent certificate; False when there was none."""
-        async def op(conn: aiosqlite.Connection) -> bool:
-            cur = await conn.execute("DELETE FROM agent_certificates WHERE account=? AND"
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM agent_certificates WHERE account=? AND"
                                      " key_id=?", (account, key_id))
             return cur.rowcount == 1
         return bool(await self._write(op))
@@ -246,7 +239,7 @@ class SqliteStore(LinkStoreMixin):
         marks = ", ".join("?" for _ in _HUB_FIELDS)
         sets = ", ".join(f"{f}=excluded.{f}" for f in _HUB_FIELDS if f != "engagement")
         rows = [tuple(getattr(r, f) for f in _HUB_FIELDS) for r in records]
-        await self._write(lambda c: c.executemany(
+        await self._write(_exec_many(
             f"INSERT INTO engagements ({cols}) VALUES ({marks})"
             f" ON CONFLICT(engagement) DO UPDATE SET {sets}", rows))
 
@@ -279,7 +272,7 @@ class SqliteStore(LinkStoreMixin):
 
     async def add_receipts(self, account: str, engagement: str, count: int) -> None:
         """Count receipted envelopes on an engagement record (without a receipt hash)."""
-        await self._write(lambda c: c.execute(
+        await self._write(_exec(
             "INSERT INTO engagement_receipts (account, engagement, receipt_hash, envelopes, at)"
             " VALUES (?, ?, '', ?, 0) ON CONFLICT(account, engagement, receipt_hash)"
             " DO UPDATE SET envelopes = envelopes + excluded.envelopes",
@@ -308,8 +301,8 @@ class SqliteStore(LinkStoreMixin):
 
     async def delete_outbox(self, account: str, envelope_id: str, envelope_hash: str) -> bool:
         """Delete one acknowledged entry; False when nothing matched."""
-        async def op(conn: aiosqlite.Connection) -> bool:
-            cur = await conn.execute("DELETE FROM outbox WHERE account=? AND envelope_id=?"
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM outbox WHERE account=? AND envelope_id=?"
                                      " AND envelope_hash=?", (account, envelope_id,
                                                               envelope_hash))
             return cur.rowcount == 1
@@ -326,9 +319,9 @@ class SqliteStore(LinkStoreMixin):
 
     async def add_data_key(self, row: DataKeyRow, at: int) -> None:
         """Store a new active data key; older ones become inactive."""
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE data_keys SET active=0 WHERE account=?", (row.account,))
-            await conn.execute("INSERT INTO data_keys (account, key_id, wrapped, created_at,"
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE data_keys SET active=0 WHERE account=?", (row.account,))
+            conn.execute("INSERT INTO data_keys (account, key_id, wrapped, created_at,"
                                " active) VALUES (?, ?, ?, ?, 1)",
                                (row.account, row.key_id, row.wrapped, at))
         await self._write(op)
@@ -343,13 +336,13 @@ class SqliteStore(LinkStoreMixin):
     async def replace_wrapped_keys(self, rows: Sequence[DataKeyRow]) -> None:
         """Rewrite wrapped data keys (master key rotation), all in one transaction."""
         args = [(r.wrapped, r.account, r.key_id) for r in rows]
-        await self._write(lambda c: c.executemany(
+        await self._write(_exec_many(
             "UPDATE data_keys SET wrapped=? WHERE account=? AND key_id=?", args))
 
     async def append_transcript(self, rows: Sequence[TranscriptRow]) -> None:
         """Append encrypted transcript items (group-committed)."""
         args = [(r.account, r.engagement, r.key_id, r.sealed, r.created_at) for r in rows]
-        await self._write(lambda c: c.executemany(
+        await self._write(_exec_many(
             "INSERT INTO transcripts (account, engagement, key_id, sealed, created_at)"
             " VALUES (?, ?, ?, ?, ?)", args))
 
@@ -370,8 +363,8 @@ class SqliteStore(LinkStoreMixin):
         if before is not None:
             sql, args = sql + " AND created_at<?", [*args, before]
 
-        async def op(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(sql, args)
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(sql, args)
             return cur.rowcount
         return int(await self._write(op))
 
@@ -385,7 +378,7 @@ class SqliteStore(LinkStoreMixin):
         It runs on its own short-lived connection with a short busy timeout: never
         inside a group-commit transaction, and never holding the write lock for long.
         """
-        await self._write(lambda c: c.execute("SELECT 1"))  # everything queued is committed
+        await self._write(lambda c: None)  # FIFO: everything queued before is committed
         async with aiosqlite.connect(self.path, isolation_level=None) as conn:
             await conn.execute("PRAGMA busy_timeout=50")
             for attempt in range(attempts):
@@ -398,6 +391,34 @@ class SqliteStore(LinkStoreMixin):
                 if attempt + 1 < attempts:
                     await asyncio.sleep(pause * (attempt + 1))
         return False
+
+
+# secure_delete: deleted ciphertext and transcripts do not linger in free pages.
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA secure_delete=ON",
+            "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000")
+
+
+def _exec(sql: str, args: Sequence[Any] = ()) -> Write:
+    """A write of one statement (its cursor closed in the writer thread, never returned)."""
+    return lambda c: c.execute(sql, args).close()
+
+
+def _exec_many(sql: str, rows: Sequence[Sequence[Any]]) -> Write:
+    """A write of one statement over many rows."""
+    return lambda c: c.executemany(sql, rows).close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the schema files newer than the file's user_version, each in one transaction."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    current = int(row[0]) if row else 0
+    for version, sql in _schema_files():
+        if version > current:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in _statements(sql):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={int(version)}")
+            conn.execute("COMMIT")
 
 
 def _statements(sql: str) -> list[str]:

@@ -67,6 +67,15 @@ async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
                     del session.in_flight[seq]
                 links.wake("clinic")
         collector = asyncio.create_task(vault())
+        if before:
+            # Let the sender catch up with the backlog first (a short store read). The
+            # one-hop group commit appends faster than this simulated vault receipts, so
+            # a producer started at once keeps the store read ahead of the link until the
+            # very end, and nothing would be "committed while the link is caught up".
+            async def caught_up() -> None:
+                while session.from_store:
+                    await asyncio.sleep(0.001)
+            await asyncio.wait_for(caught_up(), 30)
         n = before
         while n < before + during:
             k = rng.randint(1, 20)
