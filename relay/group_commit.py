@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .logs import LOGGER_NAME, log_event
 from .store import OutboxEntry
 
 __all__ = ["GroupCommitter", "OutboxAppend", "OutboxHook", "Write", "insert_outbox"]
@@ -116,9 +118,14 @@ class GroupCommitter:
             if ok:
                 self.batches_committed += 1
             if committed and self.on_outbox_committed is not None:
-                # Before any caller resumes: the hook sees commits in commit order.
-                with contextlib.suppress(Exception):
+                # Before any caller resumes: the hook sees commits in commit order. Its
+                # failure costs only speed (the link's backstop reads the outbox), so it
+                # must not fail the writes; it is logged (class name only) to be seen.
+                try:
                     self.on_outbox_committed(committed)
+                except Exception as exc:
+                    log_event(logging.getLogger(LOGGER_NAME), logging.ERROR,
+                              "link.handoff_failed", error=type(exc).__name__)
             for (_, fut), (value, error) in zip(batch, results, strict=True):
                 if not fut.done():
                     if error is not None:

@@ -56,3 +56,21 @@ async def test_a_duplicate_in_a_merged_batch_fails_alone(tmp_path: pathlib.Path)
         assert len({r.envelope_id for r in stored}) == len(stored)
     finally:
         await store.close()
+
+
+async def test_a_failing_link_hand_off_never_fails_the_write_and_is_logged(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(entries: object) -> None:
+        raise RuntimeError("hand-off bug")
+
+    store = SqliteStore(tmp_path / "r.sqlite3")
+    store.on_outbox_committed = broken
+    await store.open()
+    try:
+        with caplog.at_level("ERROR", logger="relay"):
+            assert await store.append_outbox([_entry("clinic", 1)]) == [1]
+        assert [e.seq for e in await store.read_outbox("clinic", 0, 10)] == [1]
+        assert any(r.getMessage() == "link.handoff_failed" for r in caplog.records)
+        assert "hand-off bug" not in caplog.text  # the class name only
+    finally:
+        await store.close()
