@@ -68,6 +68,11 @@ _DOB = re.compile(r"(?<![\w/.-])(?:" + "|".join(_DOB_FORMS) + r")(?![\w/-]|\.\d)
 _DOB_CONTEXT = re.compile(r"\b(?:born|birth|dob|d\.o\.b|birthday|geboren|né|née)\b",
                           re.IGNORECASE)
 _CONTEXT_CHARS = 40
+# Exact pre-checks: every built-in rule needs digits (a card 13, an SSN 9, a NINO 6, a
+# date 5 with a 19xx/20xx year), so text with fewer skips that rule's scan. Most chat
+# text has none: the scans were 200 us per KiB of it, a third of the vault's ingest.
+_DIGIT = re.compile(r"\d")
+_YEAR = re.compile(r"(?:19|20)\d\d")
 _CUSTOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 
@@ -215,20 +220,21 @@ def redact(text: str, rules: RedactionRules) -> tuple[str, dict[str, int]]:
     def mask_for(kind: str) -> str:
         return rules.mask.replace("{kind}", kind)
 
-    if rules.card_numbers:
+    digits = len(_DIGIT.findall(text))
+    if rules.card_numbers and digits >= _CARD_MIN:
         spans = _card_spans(text)
         text = _replace_spans(text, spans, mask_for("card"))
         bump("card", len(spans))
-    if rules.us_ssn:
+    if rules.us_ssn and digits >= 9:
         text, n = _sub(_US_SSN, mask_for("us_ssn"), text)
         bump("us_ssn", n)
-    if rules.uk_nino:
+    if rules.uk_nino and digits >= 6:
         text, n = _sub(_UK_NINO, mask_for("uk_nino"), text)
         bump("uk_nino", n)
     for pattern in rules._national:
         text, n = _sub(pattern, mask_for("national_id"), text)
         bump("national_id", n)
-    if rules.dates_of_birth:
+    if rules.dates_of_birth and digits >= 5 and _YEAR.search(text):
         spans = [m.span() for m in _DOB.finditer(text)
                  if not rules.dob_require_context or _has_context(text, m.start())]
         text = _replace_spans(text, spans, mask_for("dob"))

@@ -8,7 +8,7 @@ import sqlite3
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controller_vault.staff.errors import StaffConfigError
@@ -173,3 +173,34 @@ def test_redacted_card_is_absent_from_a_sqlite_file(tmp_path: pathlib.Path) -> N
                    b"5555-5555-5555-4444", b"378282246310005", b"1111"):
         assert digits not in blobs
     assert b"[redacted:card]" in blobs
+
+
+def _reference(text: str, rules: RedactionRules) -> tuple[str, dict[str, int]]:
+    """Every built-in rule scanned unconditionally (redact skips scans by digit count)."""
+    from controller_vault.staff import redaction as r
+
+    counts: dict[str, int] = {}
+    spans = r._card_spans(text)
+    text = r._replace_spans(text, spans, "[redacted:card]")
+    counts["card"] = len(spans)
+    text, counts["us_ssn"] = r._sub(r._US_SSN, "[redacted:us_ssn]", text)
+    text, counts["uk_nino"] = r._sub(r._UK_NINO, "[redacted:uk_nino]", text)
+    spans = [m.span() for m in r._DOB.finditer(text)]
+    text = r._replace_spans(text, spans, "[redacted:dob]")
+    counts["dob"] = len(spans)
+    return text, {k: n for k, n in counts.items() if n}
+
+
+_PIECES = st.sampled_from([
+    "4111", "1111", "4", "1", " ", "-", "/", ".", "12", "31", "1985", "2001", "000",
+    "AB", "QQ", "C", "Dec", "December", "born", "x", "ssn", "0", "9", "\n"])
+
+
+@settings(max_examples=300)
+@given(st.lists(_PIECES, max_size=40).map("".join))
+@example("AB123112C")          # a NINO with exactly its 6 digits
+@example("078-05-1120")        # an SSN with exactly its 9 digits
+@example("born 1 Dec 1985")    # a date with exactly 5 digits
+@example("4222222222222")      # a 13-digit card number (Luhn-valid)
+def test_the_digit_pre_checks_never_change_what_is_masked(text: str) -> None:
+    assert redact(text, RedactionRules()) == _reference(text, RedactionRules())
