@@ -139,7 +139,9 @@ class _AuditSigner:
     start, and before each signing the entries appended since the last check. A log
     that does not verify (an entry edited, deleted or reordered in vault.db, a disk
     fault) raises the audit_verification_failed alert, and nothing more is signed, so a
-    signed checkpoint never vouches for a chain that already failed its own hashes.
+    signed checkpoint never vouches for a chain that already failed its own hashes (at
+    start, a chain sound in itself that only disagrees with older checkpoints is signed
+    on: see start).
     (Entries after the last checkpoint rewritten with recomputed hashes cannot be told
     from honest appends without a key; the signed checkpoints bound that window.)
     """
@@ -150,13 +152,23 @@ class _AuditSigner:
         self.broken = False
 
     async def start(self) -> None:
-        """Verify the whole log (with every signed checkpoint) once."""
+        """Verify the whole log (with every signed checkpoint) once.
+
+        A chain that is sound in itself but disagrees with older signed checkpoints (an
+        older data store restored over a live one: the checkpoint file still signs the
+        entries the restore lost) raises the alert and is signed on from here: those
+        checkpoints keep witnessing the loss for `audit verify`, and stopping would
+        leave everything after a restore unsigned. A chain broken in itself is not.
+        """
         app = self._app
         problems = await verify_audit(app[STORE], app[CONFIG].state_path)
         if problems:
-            self._broken(problems[0].code)
-        else:
-            self.verified = await app[STORE].audit_head()
+            rows = await app[STORE].audit_rows()
+            if verify_audit_chain(rows, [], b""):
+                self._broken(problems[0].code)
+                return
+            self._alert(problems[0].code)
+        self.verified = await app[STORE].audit_head()
 
     async def sign(self, now: int) -> int | None:
         """Verify what was appended since, then sign it; None when nothing was signed."""
@@ -184,6 +196,10 @@ class _AuditSigner:
     def _broken(self, code: str) -> None:
         self.verified, self.broken = None, True
         log.error("audit log does not verify (%s): no further checkpoints are signed", code)
+        self._app[ALERTS].raise_kind("audit_verification_failed", code)
+
+    def _alert(self, code: str) -> None:
+        log.error("audit log disagrees with a signed checkpoint (%s): run audit verify", code)
         self._app[ALERTS].raise_kind("audit_verification_failed", code)
 
 

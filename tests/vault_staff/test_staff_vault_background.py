@@ -280,3 +280,38 @@ async def test_the_service_checks_its_audit_log_before_signing_and_alerts(
     assert lines() == at_tamper  # nothing signed over the broken chain
     alert = next(a for a in received if a["kind"] == "audit_verification_failed")
     assert alert["code"] == "audit.changed"
+
+
+async def test_after_a_restore_the_alert_is_raised_and_signing_goes_on(
+        make_staff_vault, aiohttp_server):
+    import json
+
+    from controller_vault.app import _AuditSigner
+    from controller_vault.audit import sign_checkpoint
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alerts", hook)
+    server = await aiohttp_server(app)
+    v = await make_staff_vault(StaffSettings(alerts=AlertConfig(
+        webhook_url=str(server.make_url("/alerts")))))
+    store = v.app[STORE]
+    seq, _ = await store.audit_head()
+    # An older data store restored over a live one: the live checkpoint file still signs
+    # entries the restored log no longer has (audit.truncated); the chain itself is sound.
+    body, sig = sign_checkpoint(v.keys.identity, account="clinic", seq=seq + 50,
+                                head="0" * 64, at=NOW)
+    with (v.state / "audit-checkpoints.jsonl").open("a") as fh:
+        fh.write(json.dumps({"body": body, "sig": sig}) + "\n")
+    signer = _AuditSigner(v.app)
+    await signer.start()
+    await asyncio.wait_for(v.app[ALERTS].drain(), 10)
+    assert [a["code"] for a in received] == ["audit.truncated"]
+    assert signer.verified is not None and not signer.broken
+    await v.ingest([v.env("eng-restored-01", PartyKeys.generate(), "message", {"text": "x"})])
+    assert await signer.sign(NOW + 1) is not None  # the log after the restore is signed
