@@ -5,9 +5,11 @@ queue overflow from the outbox; every entry goes out exactly once, in seq order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pathlib
 import random
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,23 +43,48 @@ def _entry(i: int) -> OutboxEntry:
     return OutboxEntry("clinic", 0, f"e{i:021d}", "eng-00000001", envelope_hash(data), data, i)
 
 
-async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
-               seed: int) -> tuple[_Socket, VaultLinkSession]:
-    """``before`` entries committed before the link, ``during`` while it streams."""
-    rng = random.Random(seed)
+@contextlib.asynccontextmanager
+async def _streaming(tmp_path: pathlib.Path, ws: Any, *, window: int, backlog: int = 0,
+                     identity_key: bytes = b"k" * 32
+                     ) -> AsyncIterator[tuple[SqliteStore, VaultLinkSession]]:
+    """A real SQLite outbox (``backlog`` entries already in it) and a link sender
+    streaming it to ``ws``; stopped as the endpoint's finally does."""
     store = SqliteStore(tmp_path / "r.sqlite3")
     links = LinkRegistry()
     store.on_outbox_committed = links.offer
     await store.open()
-    ws = _Socket()
     st: Any = SimpleNamespace(store=store, links=links, metrics=RelayMetrics.create(),
-                              config=SimpleNamespace(link_window=window),
+                              config=SimpleNamespace(link_window=window), offload=None,
                               logger=logging.getLogger("test"), clock=lambda: 0.0)
     try:
-        await store.append_outbox([_entry(i) for i in range(before)])
-        session = VaultLinkSession(st, ws, "clinic", b"k" * 32)  # type: ignore[arg-type]
+        await store.append_outbox([_entry(i) for i in range(backlog)])
+        session = VaultLinkSession(st, ws, "clinic", identity_key)
         links.claim("clinic", session)
         sender = asyncio.create_task(session.stream())
+        try:
+            yield store, session
+        finally:
+            ws.closed = True  # the sender's loop ends too
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+    finally:
+        await store.close()
+
+
+async def _until(check: Any, tries: int) -> None:
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
+               seed: int) -> tuple[_Socket, VaultLinkSession]:
+    """``before`` entries committed before the link, ``during`` while it streams."""
+    rng = random.Random(seed)
+    ws = _Socket()
+    async with _streaming(tmp_path, ws, window=window, backlog=before) as (store, session):
+        links = session.st.links
 
         async def vault() -> None:
             # Receipts free the window in random-sized batches, as the vault's would.
@@ -84,12 +111,7 @@ async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
             n += k
             await asyncio.sleep(rng.choice((0, 0.001)))
         await asyncio.wait_for(collector, 30)
-        ws.closed = True  # as the endpoint's finally does: the sender's loop ends too
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-        return ws, session
-    finally:
-        await store.close()
+    return ws, session
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -135,24 +157,11 @@ async def test_a_receipt_for_an_entry_already_deleted_still_frees_its_window_slo
     from envelope import IdentityKey, sign_receipt
 
     identity = IdentityKey.generate()
-    store = SqliteStore(tmp_path / "r.sqlite3")
-    links = LinkRegistry()
-    store.on_outbox_committed = links.offer
-    await store.open()
     ws = _ControlSocket()
-    st: Any = SimpleNamespace(store=store, links=links, metrics=RelayMetrics.create(),
-                              config=SimpleNamespace(link_window=2), offload=None,
-                              logger=logging.getLogger("test"), clock=lambda: 0.0)
-    try:
+    async with _streaming(tmp_path, ws, window=2, backlog=2,
+                          identity_key=identity.public_bytes) as (store, session):
         entries = [_entry(i) for i in range(2)]
-        await store.append_outbox(entries)
-        session = VaultLinkSession(st, ws, "clinic", identity.public_bytes)  # type: ignore[arg-type]
-        links.claim("clinic", session)
-        sender = asyncio.create_task(session.stream())
-        for _ in range(100):
-            if len(ws.seqs) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(ws.seqs) == 2, 100)
         assert sorted(session.in_flight) == [1, 2]
         items = [(e.engagement, e.envelope_id, e.envelope_hash) for e in entries]
         # An earlier link's receipt already deleted entry 1; this link sent it again.
@@ -161,42 +170,16 @@ async def test_a_receipt_for_an_entry_already_deleted_still_frees_its_window_slo
             identity, account="clinic", items=items)})
         assert session.in_flight == {} and session.in_flight_ids == {}
         assert ws.control[-1]["deleted"] == 1  # only entry 2 was still there
-        ws.closed = True
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-    finally:
-        await store.close()
 
 
 async def test_an_entry_that_missed_the_hand_off_is_sent_after_a_quiet_second(
         tmp_path: pathlib.Path) -> None:
-    store = SqliteStore(tmp_path / "r.sqlite3")
-    links = LinkRegistry()
-    store.on_outbox_committed = links.offer
-    await store.open()
     ws = _Socket()
-    st: Any = SimpleNamespace(store=store, links=links, metrics=RelayMetrics.create(),
-                              config=SimpleNamespace(link_window=8),
-                              logger=logging.getLogger("test"), clock=lambda: 0.0)
-    try:
-        session = VaultLinkSession(st, ws, "clinic", b"k" * 32)  # type: ignore[arg-type]
-        links.claim("clinic", session)
-        sender = asyncio.create_task(session.stream())
+    async with _streaming(tmp_path, ws, window=8) as (store, session):
         await store.append_outbox([_entry(0)])
-        for _ in range(300):
-            if ws.seqs == [1] and not session.from_store:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: ws.seqs == [1] and not session.from_store, 300)
         assert ws.seqs == [1] and not session.from_store  # memory mode
         store.on_outbox_committed = None  # as if the hook had failed for this commit
         await store.append_outbox([_entry(1)])
-        for _ in range(500):
-            if ws.seqs == [1, 2]:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: ws.seqs == [1, 2], 500)
         assert ws.seqs == [1, 2]  # found by the backstop, sent once
-        ws.closed = True
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-    finally:
-        await store.close()

@@ -177,8 +177,8 @@ async def test_erasure_notice_is_kept_while_the_link_is_down_then_recorded(
     await v.client.close()  # stop the link first, so the relay peer shuts down at once
 
 
-async def test_anomalies_and_bursts_raise_alerts_to_the_webhook(make_staff_vault,
-                                                                aiohttp_server):
+async def _alert_webhook(aiohttp_server: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A real webhook receiver on 127.0.0.1: its URL and the alerts it got."""
     received: list[dict[str, Any]] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -188,7 +188,13 @@ async def test_anomalies_and_bursts_raise_alerts_to_the_webhook(make_staff_vault
     app = web.Application()
     app.router.add_post("/alerts", hook)
     server = await aiohttp_server(app)
-    alerts = AlertConfig(webhook_url=str(server.make_url("/alerts")),
+    return str(server.make_url("/alerts")), received
+
+
+async def test_anomalies_and_bursts_raise_alerts_to_the_webhook(make_staff_vault,
+                                                                aiohttp_server):
+    url, received = await _alert_webhook(aiohttp_server)
+    alerts = AlertConfig(webhook_url=url,
                          erasure_burst_threshold=2)
     v = await make_staff_vault(StaffSettings(alerts=alerts))
     visitor = PartyKeys.generate()
@@ -209,15 +215,7 @@ async def test_anomalies_and_bursts_raise_alerts_to_the_webhook(make_staff_vault
 
 
 async def test_a_refused_link_authentication_raises_an_alert(make_staff_vault, aiohttp_server):
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    hooks = web.Application()
-    hooks.router.add_post("/alerts", hook)
-    hook_server = await aiohttp_server(hooks)
+    url, received = await _alert_webhook(aiohttp_server)
     # A relay that has another identity paired for the account refuses our proof.
     peer = ErasurePeer(PartyKeys.generate().signing_public_bytes)
     relay = web.Application()
@@ -225,7 +223,7 @@ async def test_a_refused_link_authentication_raises_an_alert(make_staff_vault, a
     relay_server = await aiohttp_server(relay)
     peer.origin = str(relay_server.make_url("/")).rstrip("/")
     v = await make_staff_vault(
-        StaffSettings(alerts=AlertConfig(webhook_url=str(hook_server.make_url("/alerts")))),
+        StaffSettings(alerts=AlertConfig(webhook_url=url)),
         relay_url=peer.origin, backoff_initial_s=0.05, backoff_max_s=0.2)
 
     async def alerted() -> bool:
@@ -240,17 +238,9 @@ async def test_the_service_checks_its_audit_log_before_signing_and_alerts(
         make_staff_vault, aiohttp_server):
     import sqlite3
 
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/alerts", hook)
-    server = await aiohttp_server(app)
+    url, received = await _alert_webhook(aiohttp_server)
     v = await make_staff_vault(StaffSettings(alerts=AlertConfig(
-        webhook_url=str(server.make_url("/alerts")))), checkpoint_every=1)
+        webhook_url=url)), checkpoint_every=1)
     signed = v.state / "audit-checkpoints.jsonl"
 
     def lines() -> int:
@@ -289,17 +279,9 @@ async def test_after_a_restore_the_alert_is_raised_and_signing_goes_on(
     from controller_vault.app import _AuditSigner
     from controller_vault.audit import sign_checkpoint
 
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/alerts", hook)
-    server = await aiohttp_server(app)
+    url, received = await _alert_webhook(aiohttp_server)
     v = await make_staff_vault(StaffSettings(alerts=AlertConfig(
-        webhook_url=str(server.make_url("/alerts")))))
+        webhook_url=url)))
     store = v.app[STORE]
     seq, _ = await store.audit_head()
     # An older data store restored over a live one: the live checkpoint file still signs
