@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 from .logs import LOGGER_NAME, log_event
 from .store import OutboxEntry
 
-__all__ = ["GroupCommitter", "OutboxAppend", "OutboxHook", "Write", "insert_outbox"]
+__all__ = ["GroupCommitter", "OutboxAppend", "OutboxHook", "Write", "insert_outbox",
+           "uncount_outbox"]
 
 Write = Callable[[sqlite3.Connection], Any]
 OutboxHook = Callable[[list[OutboxEntry]], None]
@@ -174,18 +175,15 @@ def _append_merged(conn: sqlite3.Connection, run: list[OutboxAppend], at: int
     append runs alone, so only the bad one fails, as before.
     """
     def merged(c: sqlite3.Connection) -> list[list[int]]:
-        wanted: dict[str, int] = {}
+        wanted: dict[str, list[int]] = {}  # account -> [entries, bytes]
         for op in run:
             for e in op.entries:
-                wanted[e.account] = wanted.get(e.account, 0) + 1
+                w = wanted.setdefault(e.account, [0, 0])
+                w[0] += 1
+                w[1] += len(e.data)
         next_seq: dict[str, int] = {}
-        for account, n in wanted.items():
-            row = c.execute(
-                "INSERT INTO outbox_counters (account, next_seq) VALUES (?, ?)"
-                " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + ?"
-                " RETURNING next_seq - ?", (account, n + 1, n, n)).fetchone()
-            assert row is not None
-            next_seq[account] = int(row[0])
+        for account, (n, size) in wanted.items():
+            next_seq[account] = _take_seqs(c, account, n, size)
         rows, seqs = [], []
         for op in run:
             mine = []
@@ -211,12 +209,7 @@ def insert_outbox(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> l
     """Insert outbox rows with fresh per-account sequences (inside a write)."""
     seqs = []
     for e in entries:
-        row = conn.execute(
-            "INSERT INTO outbox_counters (account, next_seq) VALUES (?, 2)"
-            " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + 1"
-            " RETURNING next_seq - 1", (e.account,)).fetchone()
-        assert row is not None
-        seq = int(row[0])
+        seq = _take_seqs(conn, e.account, 1, len(e.data))
         conn.execute(
             "INSERT INTO outbox (account, seq, envelope_id, engagement, envelope_hash,"
             " data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -224,6 +217,25 @@ def insert_outbox(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> l
              e.created_at))
         seqs.append(seq)
     return seqs
+
+
+def _take_seqs(conn: sqlite3.Connection, account: str, n: int, size: int) -> int:
+    """Reserve ``n`` outbox sequences of ``account`` and count ``size`` bytes more waiting;
+    the first reserved sequence (schema 004: the totals move with every insert)."""
+    row = conn.execute(
+        "INSERT INTO outbox_counters (account, next_seq, entries, bytes) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(account) DO UPDATE SET next_seq = next_seq + excluded.entries,"
+        " entries = entries + excluded.entries, bytes = bytes + excluded.bytes"
+        " RETURNING next_seq - ?", (account, n + 1, n, size, n)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def uncount_outbox(conn: sqlite3.Connection, account: str, entries: int, size: int) -> None:
+    """Count deleted outbox rows out of the account's totals (in the deleting write)."""
+    if entries:
+        conn.execute("UPDATE outbox_counters SET entries = entries - ?, bytes = bytes - ?"
+                     " WHERE account=?", (entries, size, account))
 
 
 class OutboxAppend:

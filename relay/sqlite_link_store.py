@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .group_commit import OutboxAppend, Write
+from .group_commit import OutboxAppend, Write, uncount_outbox
 from .store import OutboxEntry, ReceiptOutcome
 
 __all__ = ["LinkStoreMixin"]
@@ -55,7 +55,9 @@ class LinkStoreMixin:
                 rows = conn.execute(
                     f"DELETE FROM outbox WHERE account=? AND envelope_id IN ({ids})"
                     f" AND (envelope_id, envelope_hash, engagement) IN (VALUES {rows_sql})"
-                    " RETURNING seq, created_at, engagement, envelope_id", args).fetchall()
+                    " RETURNING seq, created_at, engagement, envelope_id, length(data)",
+                    args).fetchall()
+                uncount_outbox(conn, account, len(rows), sum(int(r[4]) for r in rows))
                 gone = sorted((int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows)
                 for seq, created_at, engagement, _ in gone:
                     deleted.append((seq, created_at))
@@ -93,9 +95,11 @@ class LinkStoreMixin:
         """Drop a refused entry (ciphertext gone, never retried) and count it."""
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("DELETE FROM outbox WHERE account=? AND seq=?"
-                               " RETURNING engagement, envelope_id", (account, seq)).fetchone()
+                               " RETURNING engagement, envelope_id, length(data)",
+                               (account, seq)).fetchone()
             if row is None:
                 return None
+            uncount_outbox(conn, account, 1, int(row[2]))
             engagement, envelope_id = str(row[0]), str(row[1])
             conn.execute("INSERT INTO engagement_rejections (account, engagement, code,"
                                " at) VALUES (?, ?, ?, ?)", (account, engagement, code, at))

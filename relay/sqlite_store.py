@@ -24,7 +24,7 @@ from typing import Any
 
 import aiosqlite
 
-from .group_commit import GroupCommitter, OutboxAppend, OutboxHook, Write
+from .group_commit import GroupCommitter, OutboxAppend, OutboxHook, Write, uncount_outbox
 from .sqlite_link_store import LinkStoreMixin
 from .store import (
     Account,
@@ -302,17 +302,27 @@ class SqliteStore(LinkStoreMixin):
     async def delete_outbox(self, account: str, envelope_id: str, envelope_hash: str) -> bool:
         """Delete one acknowledged entry; False when nothing matched."""
         def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("DELETE FROM outbox WHERE account=? AND envelope_id=?"
-                                     " AND envelope_hash=?", (account, envelope_id,
-                                                              envelope_hash))
-            return cur.rowcount == 1
+            row = conn.execute("DELETE FROM outbox WHERE account=? AND envelope_id=?"
+                               " AND envelope_hash=? RETURNING length(data)",
+                               (account, envelope_id, envelope_hash)).fetchone()
+            if row is None:
+                return False
+            uncount_outbox(conn, account, 1, int(row[0]))
+            return True
         return bool(await self._write(op))
 
     async def outbox_stats(self, account: str | None = None) -> OutboxStats:
-        """Backlog of one account or of all."""
-        where, args = ("WHERE account=?", (account,)) if account else ("", ())
-        rows = await self._fetch("SELECT count(*), coalesce(sum(length(data)), 0),"
-                                 f" min(created_at) FROM outbox {where}", args)
+        """Backlog of one account or of all.
+
+        Constant work per account, whatever the backlog: the totals are the counters every
+        outbox insert and delete moves (schema 004), and the oldest entry is the first by
+        sequence (the one waiting longest), found through the primary key.
+        """
+        where, args = ("WHERE c.account=?", (account,)) if account else ("", ())
+        rows = await self._fetch(
+            "SELECT coalesce(sum(c.entries), 0), coalesce(sum(c.bytes), 0),"
+            " min((SELECT o.created_at FROM outbox o WHERE o.account=c.account"
+            " ORDER BY o.seq LIMIT 1)) FROM outbox_counters c " + where, args)
         return OutboxStats(int(rows[0][0]), int(rows[0][1]), rows[0][2])
 
     # standard-mode transcripts -------------------------------------------------------

@@ -23,7 +23,7 @@ from envelope import EncryptionKey, IdentityKey, sign_vault_key_statement
 from relay.admin import hash_token
 from relay.atrest import TranscriptCipher
 from relay.sqlite_store import SCHEMA_VERSION, SqliteStore, _statements
-from relay.store import OutboxEntry, TokenRecord
+from relay.store import OutboxEntry, OutboxStats, TokenRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,7 +87,7 @@ def _populate_v1(db: sqlite3.Connection) -> None:
                    " visitor_bytes, agent_bytes, agent, transfers, outcome, receipts)"
                    " VALUES (?, ?, ?, ?, ?, 5, 10, 2, 1, 300, 200, 'ann', 0, 'completed', 0)",
                    (eng, account, mode, NOW, NOW + 60))
-    db.execute("INSERT INTO outbox_counters VALUES ('clinic', 3)")
+    db.execute("INSERT INTO outbox_counters (account, next_seq) VALUES ('clinic', 3)")
     for seq in (1, 2):
         db.execute("INSERT INTO outbox VALUES ('clinic', ?, ?, 'eng-c1', ?, ?, ?)",
                    (seq, f"env-{seq}", f"hash-{seq}", bytes([seq]) * 100, NOW))
@@ -118,8 +118,15 @@ def _populate_v3(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO offload VALUES ('shop', 'eng-s0', 'done', ?, 1)", (NOW,))
 
 
+def _populate_v4(db: sqlite3.Connection) -> None:
+    """004_outbox_totals.sql: v3 rows with the totals a v4 relay keeps beside them
+    (upgrades from 1..3 get the same totals from the schema file's backfill)."""
+    _populate_v3(db)
+    db.execute("UPDATE outbox_counters SET entries=2, bytes=200 WHERE account='clinic'")
+
+
 POPULATE: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _populate_v1, 2: _populate_v2, 3: _populate_v3}
+    1: _populate_v1, 2: _populate_v2, 3: _populate_v3, 4: _populate_v4}
 VERSIONS = [n for n, _ in _schema_files()]
 
 
@@ -162,6 +169,9 @@ async def test_upgrade_from_each_version_keeps_populated_data(tmp_path: pathlib.
         assert rec.engagement == "eng-c1" and rec.visitor_messages == 2
         assert [e.envelope_id for e in await store.read_outbox("clinic", 0, 10)] == \
             ["env-1", "env-2"]
+        # Schema 004 counted the outbox rows already there (backfill) or as they came.
+        assert await store.outbox_stats("clinic") == OutboxStats(2, 200, NOW)
+        assert await store.outbox_stats() == OutboxStats(2, 200, NOW)
         # The transcript still decrypts with the relay's at-rest keys.
         assert await TranscriptCipher(store, MASTER).read("shop", "eng-s1") == ITEMS
         if start >= 2:
@@ -176,6 +186,7 @@ async def test_upgrade_from_each_version_keeps_populated_data(tmp_path: pathlib.
         outcome = await store.apply_receipt("clinic", "rh-1", [("eng-c1", "env-3", "hash-3")],
                                             NOW + 2)
         assert outcome.deleted == ((3, NOW + 1),)
+        assert await store.outbox_stats("clinic") == OutboxStats(2, 200, NOW)
         assert "rh-1" in (await store.list_engagements("clinic"))[0].receipt_hashes
         assert await store.plan_offload("shop", NOW + 3) == 1
         await store.queue_offload("shop", "eng-s1", [OutboxEntry(

@@ -13,7 +13,7 @@ from envelope import envelope_hash
 from relay.atrest import AtRestError, TranscriptCipher, rewrap_data_keys
 from relay.client import AgentClient, VisitorClient
 from relay.sqlite_store import SqliteStore
-from relay.store import Account, OutboxEntry
+from relay.store import Account, DuplicateEnvelope, OutboxEntry
 from relay.sweeper import sweep_once
 
 from .conftest import ORIGIN, FakeClock, Relay, start_relay
@@ -43,6 +43,63 @@ async def test_outbox_order_delete_and_restart(tmp_path: pathlib.Path) -> None:
     assert await store.append_outbox([_entry(9)]) == [6]  # never reused after deletes
     stats = await store.outbox_stats("clinic")
     assert stats.entries == 1 and stats.oldest_created_at == 9
+    await store.close()
+
+
+async def test_outbox_totals_match_a_recount_after_every_kind_of_write(
+        tmp_path: pathlib.Path) -> None:
+    """Schema 004's counters against the rows: merged and single appends, a duplicate,
+    receipts (some naming nothing), a reject and a plain delete, on two accounts."""
+    import random
+    import sqlite3
+
+    rng = random.Random(4)
+    path = tmp_path / "r.sqlite3"
+    store = SqliteStore(path, max_batch=16)
+    await store.open()
+
+    def entry(account: str, i: int) -> OutboxEntry:
+        data = f"{account}-{i}".encode() * rng.randint(1, 40)
+        return OutboxEntry(account, 0, f"{account[0]}{i:021d}", "eng-00000001",
+                           envelope_hash(data), data, 1000 + i)
+
+    async def check() -> None:
+        db = sqlite3.connect(path)
+        try:
+            for account in ("clinic", "bank"):
+                n, size, oldest = db.execute(
+                    "SELECT count(*), coalesce(sum(length(data)), 0), (SELECT created_at"
+                    " FROM outbox WHERE account=? ORDER BY seq LIMIT 1) FROM outbox"
+                    " WHERE account=?", (account, account)).fetchone()
+                stats = await store.outbox_stats(account)
+                assert (stats.entries, stats.total_bytes, stats.oldest_created_at) == \
+                    (n, size, oldest)
+            total = await store.outbox_stats()
+            assert (total.entries, total.total_bytes) == db.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM outbox").fetchone()
+        finally:
+            db.close()
+
+    i = 0
+    for _ in range(6):
+        batch = [entry(rng.choice(("clinic", "bank")), i + k) for k in range(30)]
+        i += 30
+        await asyncio.gather(*(store.append_outbox([e]) for e in batch))  # merged
+        with pytest.raises(DuplicateEnvelope):
+            await store.append_outbox([batch[0]])  # refused: counts nothing
+        await check()
+        for account in ("clinic", "bank"):
+            rows = await store.read_outbox(account, 0, 100)
+            picked = rng.sample(rows, len(rows) // 2)
+            items = [(e.engagement, e.envelope_id, e.envelope_hash) for e in picked]
+            items.append(("eng-00000001", "x" * 22, "00" * 32))  # matches nothing
+            await store.apply_receipt(account, f"rh-{i}-{account}", items, 2000)
+            left = await store.read_outbox(account, 0, 100)
+            if left:
+                await store.reject_outbox(account, left[0].seq, "vault.bad_body", 2000)
+            if len(left) > 1:
+                await store.delete_outbox(account, left[1].envelope_id, left[1].envelope_hash)
+        await check()
     await store.close()
 
 
