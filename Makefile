@@ -29,7 +29,15 @@ pytest: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+# The relay runs on uvloop when installed (the `fast` extra, as deploy/install-relay.sh
+# installs it); the baselines then run on uvloop too (bench/servers.py), and py-spy for
+# bench/profile_relay.py comes with the `bench` extra.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench,fast]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/run_all.py
 
 # Each atheris target for FUZZ_SECONDS (CI runs them for 10 s inside `make test`).

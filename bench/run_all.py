@@ -32,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import measure  # type: ignore[import-not-found]
 from bench_envelope import run_bench as envelope_rows
-from servers import raise_nofile  # type: ignore[import-not-found]
+from servers import event_loop, raise_nofile  # type: ignore[import-not-found]
 
 __all__ = ["build_table", "main"]
 
@@ -172,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                 "backlog"} <= set(raw)
     rows = build_table(raw, sizes) if complete else []
     if rows:
+        print(f"event loop of the relay and the baselines: {event_loop()}")
         print_table(rows)
     result = {"smoke": args.smoke, "cpus": os.cpu_count(), "python": platform.python_version(),
+              "event_loop": event_loop(),  # of the relay and both baselines alike
               "elapsed_s": round(time.monotonic() - started, 1), "rows": rows, "raw": raw}
     for group in raw.values():  # latencies are summarised; the raw lists are not kept
         for fig in group.values() if isinstance(group, dict) else ():

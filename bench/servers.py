@@ -7,6 +7,7 @@ on exit the process gets SIGTERM, then SIGKILL after a bound.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -108,14 +109,21 @@ def _baseline(script: str, uvloop: bool) -> Iterator[Server]:
         _stop(proc)
 
 
-def start_bare(uvloop: bool = False) -> contextlib.AbstractContextManager[Server]:
-    """The bare aiohttp forwarder (baseline a)."""
-    return _baseline("bare_forwarder.py", uvloop)
+def event_loop() -> str:
+    """The loop ``relay serve`` runs on here: uvloop when importable (its ``auto``)."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def start_socketio() -> contextlib.AbstractContextManager[Server]:
-    """The python-socketio forwarder (baseline b)."""
-    return _baseline("socketio_forwarder.py", False)
+def start_bare(uvloop: bool | None = None) -> contextlib.AbstractContextManager[Server]:
+    """The bare aiohttp forwarder (baseline a), on the relay's event loop by default:
+    a ratio of two servers on different loops would credit the relay with uvloop's gain."""
+    return _baseline("bare_forwarder.py", event_loop() == "uvloop" if uvloop is None else uvloop)
+
+
+def start_socketio(uvloop: bool | None = None) -> contextlib.AbstractContextManager[Server]:
+    """The python-socketio forwarder (baseline b), on the relay's event loop by default."""
+    return _baseline("socketio_forwarder.py",
+                     event_loop() == "uvloop" if uvloop is None else uvloop)
 
 
 @contextlib.contextmanager

@@ -103,7 +103,7 @@ ensure_venv() {
     [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
     if [[ -n $WHEEL_DIR ]]; then
         "$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$WHEEL_DIR" \
-            compliance-relay
+            "compliance-relay${EXTRAS:-}"
     else
         # Build from a clean copy of the package sources: setuptools keeps a build/
         # directory in the tree it builds, and a module deleted from the checkout
@@ -112,7 +112,7 @@ ensure_venv() {
         tree=$(mktemp -d)
         tar -C "$SOURCE" --exclude=__pycache__ -cf - pyproject.toml README.md envelope relay \
             controller_vault | tar -C "$tree" -xf -
-        "$VENV/bin/pip" install -q --disable-pip-version-check "$tree"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "$tree${EXTRAS:-}"
         rm -rf "$tree"
     fi
     printf '%s\n' "$stamp" >"$stamp_file"

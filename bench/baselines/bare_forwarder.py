@@ -19,6 +19,7 @@ import asyncio
 import signal
 import sys
 
+from _loop import install_uvloop  # type: ignore[import-not-found]
 from aiohttp import WSMsgType, web
 
 __all__ = ["create_app", "main"]
@@ -82,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
     args = parser.parse_args(argv)
     if args.uvloop:
-        try:
-            import uvloop
-            uvloop.install()
-        except ImportError:
-            print("uvloop not installed; using asyncio", file=sys.stderr)
+        install_uvloop()
     asyncio.run(_serve(args.port))
     return 0
 

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 import socketio
+from _loop import install_uvloop  # type: ignore[import-not-found]
 from aiohttp import web
 
 __all__ = ["create_app", "main"]
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
     args = parser.parse_args(argv)
+    if args.uvloop:
+        install_uvloop()
     asyncio.run(_serve(args.port))
     return 0
 

@@ -143,6 +143,18 @@ def test_vault_passphrase_becomes_a_root_only_credential(tmp_path: pathlib.Path)
 
 
 @pytest.mark.slow
+def test_relay_installer_venv_runs_the_relay_on_uvloop(tmp_path: pathlib.Path) -> None:
+    """The relay's venv gets the `fast` extra: `relay serve` (event_loop=auto) then runs
+    on uvloop, the loop its benchmark figures are measured on."""
+    staging = tmp_path / "root"
+    run = _install("install-relay.sh", staging, "--source", str(ROOT))
+    assert "installed into /opt/compliance-relay/venv" in run.stdout
+    python = staging / "opt/compliance-relay/venv/bin/python"
+    probe = subprocess.run([str(python), "-c", "import uvloop, relay; print('ok')"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "ok", probe.stderr
+
+
 def test_vault_installer_with_a_real_venv_twice(tmp_path: pathlib.Path) -> None:
     staging = tmp_path / "root"
     args = ("--account", "clinic", "--relay-url", "https://relay.test.example",
