@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pairs", default="100,1000")
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--rate", type=int, default=0,
+                   help="fixed msgs/s (the latency rows) instead of the closed loop")
     args = p.parse_args(argv)
     raise_nofile(20_000)
     sizes = measure.Sizes(duration=args.duration)
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         os.environ.pop("BENCH_RELAY_SRC", None)
                     t = time.monotonic()
-                    row = measure._relay_load(tmp, f"{side}{r}-{pairs}", sizes, pairs)
+                    row = measure._relay_load(tmp, f"{side}{r}-{pairs}", sizes, pairs,
+                                              rate=args.rate or None)
                     kept = {k: row.get(k) for k in _KEEP}
                     results[side].setdefault(pairs, []).append(kept)
                     print(json.dumps({"side": side, "round": r, "pairs": pairs, **kept,
@@ -82,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         a = statistics.median(x["msgs_per_s"] for x in after)
         bc = statistics.median(x["server_cpu_us_per_msg"] for x in before)
         ac = statistics.median(x["server_cpu_us_per_msg"] for x in after)
+        bp = statistics.median(x["p99_ms"] for x in before)
+        ap = statistics.median(x["p99_ms"] for x in after)
         print(f"{pairs} engagements: {b:.0f} -> {a:.0f} msgs/s ({a / b:.2f}x), "
-              f"server CPU {bc:.0f} -> {ac:.0f} us/msg ({ac / bc:.2f}x)", flush=True)
+              f"server CPU {bc:.0f} -> {ac:.0f} us/msg ({ac / bc:.2f}x), "
+              f"p99 {bp:.1f} -> {ap:.1f} ms", flush=True)
     return 0
 
 

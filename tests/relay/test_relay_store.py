@@ -103,6 +103,35 @@ async def test_outbox_totals_match_a_recount_after_every_kind_of_write(
     await store.close()
 
 
+async def test_a_large_receipt_is_applied_in_chunks_and_counted_whole(
+        tmp_path: pathlib.Path) -> None:
+    """A receipt over more items than one write takes: every match deleted, each
+    engagement credited with all its envelopes under the one receipt hash."""
+    import sqlite3
+
+    path = tmp_path / "r.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    entries = []
+    for i in range(150):
+        data = f"envelope-{i}".encode()
+        entries.append(OutboxEntry("clinic", 0, f"{i:022d}", f"eng-{i % 2:08d}",
+                                   envelope_hash(data), data, i))
+    await store.append_outbox(entries)
+    items = [(e.engagement, e.envelope_id, e.envelope_hash) for e in entries]
+    outcome = await store.apply_receipt("clinic", "rh-big", items, 500)
+    assert sorted(seq for seq, _ in outcome.deleted) == list(range(1, 151))
+    assert (await store.outbox_stats("clinic")).entries == 0
+    again = await store.apply_receipt("clinic", "rh-big", items, 501)  # replayed
+    assert again.deleted == ()
+    await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT engagement, envelopes FROM engagement_receipts WHERE"
+                      " receipt_hash='rh-big' ORDER BY engagement").fetchall() == \
+        [("eng-00000000", 75), ("eng-00000001", 75)]
+    db.close()
+
+
 async def test_group_commit_batches_concurrent_writes(tmp_path: pathlib.Path) -> None:
     store = SqliteStore(tmp_path / "r.sqlite3", max_batch=64)
     await store.open()
