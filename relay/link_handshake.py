@@ -6,6 +6,12 @@ its account and a signature by its identity key. What each check stops is in the
 at the top of relay/vault_link.py (fresh nonce, signed origin, paired key, auth
 timeout). Every refusal is a :class:`LinkClosed` carrying a stable code, sent to the
 vault as an error frame and as the close reason by :func:`close_link`.
+
+Features: the auth frame may name link features (``features``, unsigned; see
+envelope/link.py). The link uses those this relay also supports and has switched on
+(``outbox-batch`` while ``link_batch_frames`` is true); a vault that names none, like
+every vault before features existed, gets the link exactly as before. A ``features``
+value that does not parse closes the link (``link.bad_frame``), after authentication.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ import json
 import nacl.utils
 from aiohttp import WSMsgType, web
 
-from envelope import EnvelopeError, b64e, verify_link_auth
+from envelope import EnvelopeError, b64e, link_features, verify_link_auth
 from envelope.limits import ACCOUNT_PATTERN
-from envelope.link import CLOSE_CODES
+from envelope.link import BATCH_FEATURE, CLOSE_CODES
 
 from .state import RelayState
 
@@ -52,8 +58,10 @@ async def close_link(ws: web.WebSocketResponse, code: str, message: str) -> None
             await ws.close(code=CLOSE_CODES.get(code, 4400), message=code.encode())
 
 
-async def authenticate_vault(st: RelayState, ws: web.WebSocketResponse) -> tuple[str, bytes]:
-    """Challenge the vault; return its account and paired identity key, or raise LinkClosed."""
+async def authenticate_vault(st: RelayState, ws: web.WebSocketResponse
+                             ) -> tuple[str, bytes, frozenset[str]]:
+    """Challenge the vault; return its account, paired identity key and the features the
+    link will use, or raise LinkClosed."""
     nonce = nacl.utils.random(32)
     origin = st.config.public_origin
     await ws.send_json({"type": "challenge", "v": 1, "nonce": b64e(nonce), "origin": origin})
@@ -77,4 +85,9 @@ async def authenticate_vault(st: RelayState, ws: web.WebSocketResponse) -> tuple
         verify_link_auth(frame, acct.identity_key, account=account, nonce=nonce, origin=origin)
     except EnvelopeError:
         raise LinkClosed("link.auth_failed") from None
-    return account, acct.identity_key
+    try:
+        named = link_features(frame)
+    except EnvelopeError:
+        raise LinkClosed("link.bad_frame") from None
+    usable = {BATCH_FEATURE} if st.config.link_batch_frames else set()
+    return account, acct.identity_key, named & usable

@@ -19,6 +19,13 @@ order, at most ``link_window`` frames unacknowledged. What each check stops:
 A refused receipt deletes nothing and closes the link (``link.bad_receipt``); the
 vault reconnects and everything unacknowledged is delivered again.
 
+Framing: what the sender takes in one pass (up to the window's room) goes out as one
+OUTBOX BATCH frame, or a few when it passes MAX_BATCH_FRAME_BYTES / MAX_BATCH_ENTRIES,
+to a vault whose auth frame named ``outbox-batch`` while ``link_batch_frames`` is on
+(ready then names the feature); any other vault, older ones included, gets one outbox
+frame per entry as before. One lock acquisition and one socket write per frame either
+way; the window, ``in_flight``, ``in_flight_ids`` and ``last_sent`` count entries.
+
 Where the sender takes entries from (the outbox row is always written first, for
 durability; what differs is whether it is read back):
 
@@ -52,13 +59,14 @@ from aiohttp import WSMsgType, web
 from envelope import (
     EnvelopeError,
     canonical_json,
+    encode_outbox_batches,
     encode_outbox_frame,
     receipt_hash,
     verify_erasure_notice,
     verify_receipt,
 )
 from envelope.limits import MAX_ENVELOPE_BYTES
-from envelope.link import REJECT_CODE_PATTERN
+from envelope.link import BATCH_FEATURE, REJECT_CODE_PATTERN
 
 from .link_handshake import LINK_CLOSE_MESSAGES, LinkClosed, authenticate_vault, close_link
 from .logs import log_event
@@ -86,8 +94,9 @@ class VaultLinkSession:
     """One authenticated link: streams the outbox, applies receipts and rejects."""
 
     def __init__(self, st: RelayState, ws: web.WebSocketResponse, account: str,
-                 identity_key: bytes) -> None:
+                 identity_key: bytes, *, batch: bool = False) -> None:
         self.st, self.ws, self.account, self.identity_key = st, ws, account, identity_key
+        self.batch = batch  # the vault named outbox-batch: send OUTBOX BATCH frames
         self.window = max(1, st.config.link_window)
         # seq -> monotonic send time: the frames the vault still owes a receipt for.
         self.in_flight: dict[int, float] = {}
@@ -199,15 +208,16 @@ class VaultLinkSession:
                 else:
                     entries = self._from_memory(room)
                     self.sent_from_memory += len(entries)
+                fresh: list[OutboxEntry] = []
+                sent_at = time.monotonic()
                 for entry in entries:
                     if entry.seq <= self.last_sent:
                         continue  # never twice, never backwards on one link
-                    self.in_flight[entry.seq] = time.monotonic()
+                    self.in_flight[entry.seq] = sent_at
                     self.in_flight_ids[entry.envelope_id] = entry.seq
                     self.last_sent = entry.seq
-                    async with self.lock:
-                        await self.ws.send_bytes(encode_outbox_frame(entry.seq, entry.data))
-                    self.st.metrics.link_frames_sent.inc()
+                    fresh.append(entry)
+                await self._send_entries(fresh)
                 if caught_up:
                     self._caught_up(mark)
                 if entries or caught_up or (self.from_store and self.queue):
@@ -224,6 +234,18 @@ class VaultLinkSession:
                 if not self.from_store and not self.queue and await self.st.store.read_outbox(
                         self.account, self.last_sent, 1):
                     self.from_store = True
+
+    async def _send_entries(self, entries: list[OutboxEntry]) -> None:
+        """Entries already counted in flight, in batches or one frame each (module doc)."""
+        if self.batch:
+            frames = encode_outbox_batches([(e.seq, e.data) for e in entries])
+            self.st.metrics.link_batches_sent.inc(len(frames))
+        else:
+            frames = [encode_outbox_frame(e.seq, e.data) for e in entries]
+        for frame in frames:
+            async with self.lock:
+                await self.ws.send_bytes(frame)
+        self.st.metrics.link_frames_sent.inc(len(entries))
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self.lock:
@@ -334,16 +356,21 @@ async def vault_link_socket(request: web.Request) -> web.WebSocketResponse:
     try:
         if st.hub is None or st.hub.closing:
             raise LinkClosed("going-away")
-        account, identity_key = await authenticate_vault(st, ws)
-        session = VaultLinkSession(st, ws, account, identity_key)
+        account, identity_key, features = await authenticate_vault(st, ws)
+        session = VaultLinkSession(st, ws, account, identity_key,
+                                   batch=BATCH_FEATURE in features)
         previous = st.links.claim(account, session)
         if previous is not None:
             await previous.close("link.superseded", LINK_CLOSE_MESSAGES["link.superseded"])
         st.metrics.vault_links.labels("authenticating").dec()
         st.metrics.vault_links.labels("ready").inc()
         backlog = (await st.store.outbox_stats(account)).entries
-        await ws.send_json({"type": "ready", "backlog": backlog, "window": session.window})
-        log_event(st.logger, logging.INFO, "link.ready", account=account, backlog=backlog)
+        ready: dict[str, Any] = {"type": "ready", "backlog": backlog, "window": session.window}
+        if features:  # else absent: the ready frame older vaults have always had
+            ready["features"] = sorted(features)
+        await ws.send_json(ready)
+        log_event(st.logger, logging.INFO, "link.ready", account=account, backlog=backlog,
+                  batch=session.batch)
         sender = asyncio.create_task(session.stream())
         await session.serve()
     except LinkClosed as exc:
