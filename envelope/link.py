@@ -40,7 +40,7 @@ network) at ``GET /v1/vault/link`` and upgrades to a websocket::
 Close codes (reason = the stable code):
 
     1001  going-away            relay shutting down; reconnect with backoff
-    4400  link.bad_frame        unparseable or unknown frame
+    4400  link.bad_frame        unparseable or unknown frame (or malformed features)
     4401  link.auth_failed      signature, key or account wrong
     4403  link.not_paired       the account has no paired vault
     4408  link.auth_timeout     no auth frame in time
@@ -106,7 +106,8 @@ _SEQ = struct.Struct(">Q")
 _BATCH_HEAD = struct.Struct(">BH")  # tag, entry count
 _BATCH_ENTRY = struct.Struct(">QI")  # outbox seq, envelope length
 # 0xB1 ("batch, format 1"). A single outbox frame starts with its seq's high byte,
-# 0x00 for any real outbox, so a frame of the wrong kind fails at the first byte.
+# 0x00 for any real outbox, so one given to the batch decoder fails at its first byte;
+# which decoder runs is decided by the negotiation, never guessed from the bytes.
 _BATCH_TAG = 0xB1
 #: The link feature a vault names to receive OUTBOX BATCH frames.
 BATCH_FEATURE = "outbox-batch"
