@@ -51,6 +51,9 @@ class VaultConfig:
                                 "that certificate (replaces CA checks; excludes relay_ca_file)")
     batch_max: int = _f(256, "most envelopes committed in one group commit")
     batch_wait_ms: int = _f(20, "how long the link waits to fill a batch before committing")
+    link_batch_frames: bool = _f(True, "tell the relay this vault accepts several outbox "
+                                 "entries per websocket frame (fewer, larger frames); "
+                                 "false = one frame per entry")
     busy_timeout_ms: int = _f(2000, "how long a write waits on a locked database before failing")
     checkpoint_every: int = _f(100, "sign an audit checkpoint after this many new audit entries")
     checkpoint_interval_s: float = _f(300.0, "sign an audit checkpoint at least this often "
@@ -113,6 +116,12 @@ def check_relay_url(url: str) -> None:
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
     try:
+        if typ in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            words = {"1": True, "true": True, "yes": True, "on": True,
+                     "0": False, "false": False, "no": False, "off": False}
+            return words[str(value).strip().lower()]
         if typ in ("int", int):
             if isinstance(value, bool):
                 raise ValueError
@@ -122,7 +131,7 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError
         return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ConfigError(f"config field {name} has the wrong type") from None
 
 

@@ -6,10 +6,19 @@ envelope/link.py for the relay's side)::
     <- {"type":"challenge","v":1,"nonce":B64(32),"origin":RELAY_ORIGIN}
            answered only if RELAY_ORIGIN is the origin we dialed: a challenge relayed
            from another relay (man in the middle) is never signed
-    -> {"type":"auth","account","identity_key","sig"}      envelope.link_auth_response
-    <- {"type":"ready","backlog":N,"window":W}
-    <- binary outbox frames (8-byte outbox seq + envelope)  batched up to batch_max or
-                                                            batch_wait_ms of quiet
+    -> {"type":"auth","account","identity_key","sig",      envelope.link_auth_response
+        "features":["outbox-batch"]}                        (unless link_batch_frames
+                                                            is false: then no features)
+    <- {"type":"ready","backlog":N,"window":W,              "features" names what the
+        "features":["outbox-batch"]}                        relay uses; absent from
+                                                            relays before it (and from
+                                                            one that turned it off)
+    <- binary outbox frames (8-byte outbox seq + envelope), or OUTBOX BATCH frames
+           (many entries each) once ready named outbox-batch: every binary frame is
+           then one, decoded strictly; entries are committed up to batch_max at a
+           time (the rest of a frame waits for the next commit) or after
+           batch_wait_ms of quiet. A frame that does not decode is counted
+           (vault_rejected{reason="link.bad_frame"}) and dropped whole.
     -> {"type":"ack","receipt":{"body","sig"}}              only AFTER the batch commit
     <- {"type":"acked","deleted":N,"backlog":M}             M sets vault_link_backlog
     -> {"type":"reject","seq":N,"code":CODE}                for each frame ingest refused
@@ -41,7 +50,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from envelope import EnvelopeError, b64d, decode_outbox_frame, link_auth_response
+from envelope import (
+    EnvelopeError,
+    b64d,
+    decode_outbox_batch,
+    decode_outbox_frame,
+    link_auth_response,
+    link_features,
+)
+from envelope.limits import MAX_BATCH_FRAME_BYTES
+from envelope.link import BATCH_FEATURE
 
 from .config import VaultConfig
 from .errors import StoreUnavailable
@@ -92,6 +110,9 @@ class VaultLink:
         self.state = "disabled"
         self.sessions = 0
         self.last_close_code = ""
+        self.batched = False  # this session's relay sends OUTBOX BATCH frames
+        # Entries of a batched frame past batch_max, for the next commit (this session).
+        self._pending: list[tuple[int, bytes]] = []
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -109,8 +130,13 @@ class VaultLink:
                 self.sessions += 1
                 self._set_state("connecting")
                 try:
+                    # A batched frame is at most MAX_BATCH_FRAME_BYTES (a single
+                    # outbox frame is smaller): larger messages are refused unread. +1:
+                    # aiohttp refuses a message of exactly max_msg_size, and a relay's
+                    # full frame refused would be redelivered and refused for ever.
                     async with session.ws_connect(ws_url, heartbeat=30, ssl=ssl_ctx,
-                                                  max_msg_size=1 << 17) as ws:
+                                                  max_msg_size=MAX_BATCH_FRAME_BYTES + 1
+                                                  ) as ws:
                         if await self._serve(ws):
                             attempt = 0
                 except (aiohttp.ClientError, OSError, TimeoutError, _Closed) as exc:
@@ -137,11 +163,21 @@ class VaultLink:
             nonce = b64d(challenge.get("nonce"), length=32)
         except EnvelopeError:
             raise _Closed("link.bad_frame") from None
+        offered = (BATCH_FEATURE,) if self._config.link_batch_frames else ()
         await ws.send_json(link_auth_response(self._keys.identity, account=self._keys.account,
-                                              nonce=nonce, origin=expected))
+                                              nonce=nonce, origin=expected, features=offered))
         ready = await self._json(ws, timeout=30)
         if ready.get("type") != "ready":
             raise _Closed(str(ready.get("code", "link.bad_frame"))[:64])
+        try:
+            used = link_features(ready)
+        except EnvelopeError:
+            raise _Closed("link.bad_frame") from None
+        if not used <= set(offered):
+            # A relay may only use what this vault named: anything else is a relay we
+            # cannot read correctly, so stop rather than count every frame as bad.
+            raise _Closed("link.bad_frame")
+        self.batched, self._pending = BATCH_FEATURE in used, []
         self._set_state("ready")
         if isinstance(ready.get("backlog"), int):
             self._metrics.link_backlog.set(ready["backlog"])
@@ -178,9 +214,11 @@ class VaultLink:
         return "link.bad_frame"
 
     async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> list[tuple[int, bytes]]:
-        frames: list[tuple[int, bytes]] = []
-        wait: float | None = None  # block for the first frame, then gather a batch
-        while len(frames) < self._config.batch_max:
+        limit = self._config.batch_max
+        frames, self._pending = self._pending[:limit], self._pending[limit:]
+        # Block for the first frame, then gather a batch.
+        wait: float | None = self._config.batch_wait_ms / 1000 if frames else None
+        while len(frames) < limit:
             try:
                 msg = await ws.receive(timeout=wait)
             except TimeoutError:
@@ -188,14 +226,21 @@ class VaultLink:
             wait = self._config.batch_wait_ms / 1000
             if msg.type == aiohttp.WSMsgType.BINARY:
                 try:
-                    frames.append(decode_outbox_frame(msg.data))
+                    entries = decode_outbox_batch(msg.data) if self.batched else [
+                        decode_outbox_frame(msg.data)]
                 except EnvelopeError:
                     self._metrics.rejected.labels(reason="link.bad_frame").inc()
+                    continue
+                room = limit - len(frames)
+                frames += entries[:room]
+                self._pending += entries[room:]
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 self._control(msg.data)
             else:
-                if frames:  # commit what arrived; the relay redelivers if no ack lands
+                # Commit what arrived; the relay redelivers if no ack lands.
+                while frames:
                     await self._ingest_and_ack(ws, frames)
+                    frames, self._pending = self._pending[:limit], self._pending[limit:]
                 raise _Closed(self._close_reason(ws, msg))
         return frames
 

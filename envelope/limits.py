@@ -14,6 +14,8 @@ __all__ = [
     "ENGAGEMENT_PATTERN",
     "ENVELOPE_ID_PATTERN",
     "KEY_ID_PATTERN",
+    "MAX_BATCH_ENTRIES",
+    "MAX_BATCH_FRAME_BYTES",
     "MAX_BODY_BYTES",
     "MAX_ENVELOPE_BYTES",
     "MAX_HEADER_BYTES",
@@ -50,6 +52,11 @@ MAX_ENVELOPE_BYTES = (
     3 + MAX_HEADER_BYTES + MAX_RECIPIENTS * SEALED_KEY_BYTES + NONCE_BYTES
     + PAD_BUCKETS[-1] + TAG_BYTES + SIGNATURE_BYTES
 )
+
+#: A batched vault-link frame (envelope/link.py OUTBOX BATCH): most entries, most bytes.
+#: The vault accepts frames this large; a largest envelope always fits in one.
+MAX_BATCH_ENTRIES = 1024
+MAX_BATCH_FRAME_BYTES = 1 << 20
 
 # Fixed patterns: no header field can carry free text, so plaintext cannot be put
 # into a compliance-mode frame at all (it would not match).

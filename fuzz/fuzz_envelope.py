@@ -9,6 +9,7 @@ from envelope import (
     EnvelopeError,
     PartyKeys,
     check_shape,
+    decode_outbox_batch,
     decode_outbox_frame,
     open_envelope,
     parse_envelope,
@@ -44,3 +45,5 @@ def test_one_input(data: bytes) -> None:
         pass
     with contextlib.suppress(EnvelopeError):
         decode_outbox_frame(data)
+    with contextlib.suppress(EnvelopeError):
+        decode_outbox_batch(data)

@@ -43,6 +43,7 @@ class RelayConfig:
     outbox_max_bytes: int = 512 * 1024 * 1024
     outbox_account_max_bytes: int = 64 * 1024 * 1024
     link_window: int = 256
+    link_batch_frames: bool = True
     link_auth_timeout_seconds: float = 10.0
     group_commit_max_batch: int = 256
     max_frame_bytes: int = 128 * 1024
@@ -79,7 +80,9 @@ FIELD_HELP: dict[str, str] = {
     "outbox_max_bytes": "outbox total size above which new envelopes are refused",
     "outbox_account_max_bytes": "an account's outbox size at which its new compliance"
                                 " engagements are refused (outbox.backpressure)",
-    "link_window": "outbox frames in flight to a vault link before a receipt is needed",
+    "link_window": "outbox entries in flight to a vault link before a receipt is needed",
+    "link_batch_frames": "send several outbox entries per websocket frame (up to 1 MiB) to a"
+                         " vault that says it accepts them; false: one frame per entry",
     "link_auth_timeout_seconds": "a vault link that does not authenticate in this time is closed",
     "group_commit_max_batch": "most writes committed in one transaction",
     "max_frame_bytes": "largest websocket frame accepted",
@@ -109,6 +112,8 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
+        if typ in (bool, "bool"):
+            return _boolean(value)
         if typ in (int, "int"):
             if isinstance(value, bool):
                 raise ValueError
@@ -118,6 +123,17 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config field {name} has the wrong type") from exc
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def load_config(

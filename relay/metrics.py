@@ -33,6 +33,7 @@ class RelayMetrics:
     vault_links: Gauge
     link_sessions: Counter
     link_frames_sent: Counter
+    link_batches_sent: Counter
     link_receipts: Counter
     link_deleted: Counter
     link_rejected: Counter
@@ -77,8 +78,11 @@ class RelayMetrics:
             link_sessions=Counter("relay_vault_link_sessions", "vault link sessions by outcome",
                                   ["outcome"], registry=r),
             link_frames_sent=Counter("relay_vault_link_frames_sent",
-                                     "outbox frames sent to vaults (incl. redelivery)",
-                                     registry=r),
+                                     "outbox entries sent to vaults (incl. redelivery), in"
+                                     " frames of their own or in batches", registry=r),
+            link_batches_sent=Counter("relay_vault_link_batches_sent",
+                                      "batched outbox frames sent to vaults (each carries one"
+                                      " or more entries)", registry=r),
             link_receipts=Counter("relay_vault_link_receipts", "receipts by result",
                                   ["result"], registry=r),
             link_deleted=Counter("relay_vault_link_deleted",

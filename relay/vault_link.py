@@ -1,8 +1,8 @@
 """``GET /v1/vault/link``: the relay's side of the vault link (protocol: envelope/link.py).
 
 The vault dials in, answers a challenge bound to this relay's ``public_origin`` with
-its identity key, and then receives its account's outbox in order, at most
-``link_window`` frames unacknowledged. What each check stops:
+its identity key (relay/link_handshake.py), and then receives its account's outbox in
+order, at most ``link_window`` frames unacknowledged. What each check stops:
 
     check                                         attack it stops
     nonce fresh per connection, origin signed     replaying an old auth; a challenge
@@ -18,6 +18,13 @@ its identity key, and then receives its account's outbox in order, at most
 
 A refused receipt deletes nothing and closes the link (``link.bad_receipt``); the
 vault reconnects and everything unacknowledged is delivered again.
+
+Framing: what the sender takes in one pass (up to the window's room) goes out as one
+OUTBOX BATCH frame, or a few when it passes MAX_BATCH_FRAME_BYTES / MAX_BATCH_ENTRIES,
+to a vault whose auth frame named ``outbox-batch`` while ``link_batch_frames`` is on
+(ready then names the feature); any other vault, older ones included, gets one outbox
+frame per entry as before. One lock acquisition and one socket write per frame either
+way; the window, ``in_flight``, ``in_flight_ids`` and ``last_sent`` count entries.
 
 Where the sender takes entries from (the outbox row is always written first, for
 durability; what differs is whether it is read back):
@@ -47,22 +54,21 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import nacl.utils
 from aiohttp import WSMsgType, web
 
 from envelope import (
     EnvelopeError,
-    b64e,
     canonical_json,
+    encode_outbox_batches,
     encode_outbox_frame,
     receipt_hash,
     verify_erasure_notice,
-    verify_link_auth,
     verify_receipt,
 )
-from envelope.limits import ACCOUNT_PATTERN, MAX_ENVELOPE_BYTES
-from envelope.link import CLOSE_CODES, REJECT_CODE_PATTERN
+from envelope.limits import MAX_ENVELOPE_BYTES
+from envelope.link import BATCH_FEATURE, REJECT_CODE_PATTERN
 
+from .link_handshake import LINK_CLOSE_MESSAGES, LinkClosed, authenticate_vault, close_link
 from .logs import log_event
 from .state import STATE, RelayState
 from .store import OutboxEntry
@@ -84,18 +90,13 @@ _QUEUE_MAX_ENTRIES = 8192
 _QUEUE_MAX_BYTES = 16 * 1024 * 1024
 
 
-class _LinkClosed(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
 class VaultLinkSession:
     """One authenticated link: streams the outbox, applies receipts and rejects."""
 
     def __init__(self, st: RelayState, ws: web.WebSocketResponse, account: str,
-                 identity_key: bytes) -> None:
+                 identity_key: bytes, *, batch: bool = False) -> None:
         self.st, self.ws, self.account, self.identity_key = st, ws, account, identity_key
+        self.batch = batch  # the vault named outbox-batch: send OUTBOX BATCH frames
         self.window = max(1, st.config.link_window)
         # seq -> monotonic send time: the frames the vault still owes a receipt for.
         self.in_flight: dict[int, float] = {}
@@ -176,7 +177,7 @@ class VaultLinkSession:
 
     async def close(self, code: str, message: str) -> None:
         """Send the error frame and close with the stable code as reason."""
-        await _close(self.ws, code, message)
+        await close_link(self.ws, code, message)
 
     async def stream(self) -> None:
         """Send outbox entries in order while the window has room; sleep until woken."""
@@ -207,15 +208,16 @@ class VaultLinkSession:
                 else:
                     entries = self._from_memory(room)
                     self.sent_from_memory += len(entries)
+                fresh: list[OutboxEntry] = []
+                sent_at = time.monotonic()
                 for entry in entries:
                     if entry.seq <= self.last_sent:
                         continue  # never twice, never backwards on one link
-                    self.in_flight[entry.seq] = time.monotonic()
+                    self.in_flight[entry.seq] = sent_at
                     self.in_flight_ids[entry.envelope_id] = entry.seq
                     self.last_sent = entry.seq
-                    async with self.lock:
-                        await self.ws.send_bytes(encode_outbox_frame(entry.seq, entry.data))
-                    self.st.metrics.link_frames_sent.inc()
+                    fresh.append(entry)
+                await self._send_entries(fresh)
                 if caught_up:
                     self._caught_up(mark)
                 if entries or caught_up or (self.from_store and self.queue):
@@ -233,6 +235,18 @@ class VaultLinkSession:
                         self.account, self.last_sent, 1):
                     self.from_store = True
 
+    async def _send_entries(self, entries: list[OutboxEntry]) -> None:
+        """Entries already counted in flight, in batches or one frame each (module doc)."""
+        if self.batch:
+            frames = encode_outbox_batches([(e.seq, e.data) for e in entries])
+            self.st.metrics.link_batches_sent.inc(len(frames))
+        else:
+            frames = [encode_outbox_frame(e.seq, e.data) for e in entries]
+        for frame in frames:
+            async with self.lock:
+                await self.ws.send_bytes(frame)
+        self.st.metrics.link_frames_sent.inc(len(entries))
+
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self.lock:
             await self.ws.send_json(frame)
@@ -245,7 +259,7 @@ class VaultLinkSession:
             digest = receipt_hash(frame["receipt"])
         except EnvelopeError:
             st.metrics.link_receipts.labels("invalid").inc()
-            raise _LinkClosed("link.bad_receipt") from None
+            raise LinkClosed("link.bad_receipt") from None
         now = st.clock()
         outcome = await st.store.apply_receipt(
             self.account, digest, [(i.engagement, i.envelope_id, i.envelope_hash) for i in items],
@@ -273,7 +287,7 @@ class VaultLinkSession:
         seq, code = frame.get("seq"), frame.get("code")
         if type(seq) is not int or not isinstance(code, str) \
                 or not REJECT_CODE_PATTERN.fullmatch(code):
-            raise _LinkClosed("link.bad_receipt")
+            raise LinkClosed("link.bad_receipt")
         dropped = None
         # Only a frame sent on this link and not yet receipted can be refused: the vault
         # cannot name entries it never saw.
@@ -298,7 +312,7 @@ class VaultLinkSession:
         try:
             notice = verify_erasure_notice(wire, self.identity_key, account=self.account)
         except EnvelopeError:
-            raise _LinkClosed("link.bad_receipt") from None
+            raise LinkClosed("link.bad_receipt") from None
         digest = hashlib.blake2b(canonical_json(wire), digest_size=32,
                                  person=b"cr-erasure-v1").hexdigest()
         n = await self.st.store.record_erasure(self.account, digest, notice.engagements,
@@ -313,65 +327,20 @@ class VaultLinkSession:
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
             if msg.type != WSMsgType.TEXT or len(msg.data) > _CONTROL_MAX:
-                raise _LinkClosed("link.bad_frame")
+                raise LinkClosed("link.bad_frame")
             try:
                 frame = json.loads(msg.data)
             except (ValueError, RecursionError):
-                raise _LinkClosed("link.bad_frame") from None
+                raise LinkClosed("link.bad_frame") from None
             if not isinstance(frame, dict):
-                raise _LinkClosed("link.bad_frame")
+                raise LinkClosed("link.bad_frame")
             kind = frame.get("type")
             if kind == "ping":
                 await self._send({"type": "pong"})
             elif isinstance(kind, str) and kind in handlers:
                 await handlers[kind](frame)
             else:
-                raise _LinkClosed("link.bad_frame")
-
-
-async def _close(ws: web.WebSocketResponse, code: str, message: str) -> None:
-    with contextlib.suppress(Exception):
-        if not ws.closed:
-            await ws.send_json({"type": "error", "code": code, "message": message})
-            await ws.close(code=CLOSE_CODES.get(code, 4400), message=code.encode())
-
-
-_MESSAGES = {
-    "link.bad_frame": "unparseable or unknown frame",
-    "link.auth_failed": "link authentication failed",
-    "link.not_paired": "the account has no paired vault",
-    "link.auth_timeout": "no auth frame in time",
-    "link.superseded": "a newer link for the account took over",
-    "link.bad_receipt": "receipt, reject or notice does not verify",
-    "going-away": "relay shutting down",
-}
-
-
-async def _authenticate(st: RelayState, ws: web.WebSocketResponse) -> tuple[str, bytes]:
-    nonce = nacl.utils.random(32)
-    origin = st.config.public_origin
-    await ws.send_json({"type": "challenge", "v": 1, "nonce": b64e(nonce), "origin": origin})
-    try:
-        msg = await ws.receive(timeout=st.config.link_auth_timeout_seconds)
-    except TimeoutError:
-        raise _LinkClosed("link.auth_timeout") from None
-    if msg.type != WSMsgType.TEXT or len(msg.data) > 4096:
-        raise _LinkClosed("link.bad_frame")
-    try:
-        frame = json.loads(msg.data)
-    except (ValueError, RecursionError):
-        raise _LinkClosed("link.bad_frame") from None
-    account = frame.get("account") if isinstance(frame, dict) else None
-    if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account):
-        raise _LinkClosed("link.bad_frame")
-    acct = await st.store.get_account(account)
-    if acct is None or acct.identity_key is None:
-        raise _LinkClosed("link.not_paired")
-    try:
-        verify_link_auth(frame, acct.identity_key, account=account, nonce=nonce, origin=origin)
-    except EnvelopeError:
-        raise _LinkClosed("link.auth_failed") from None
-    return account, acct.identity_key
+                raise LinkClosed("link.bad_frame")
 
 
 async def vault_link_socket(request: web.Request) -> web.WebSocketResponse:
@@ -386,22 +355,27 @@ async def vault_link_socket(request: web.Request) -> web.WebSocketResponse:
     st.metrics.vault_links.labels("authenticating").inc()
     try:
         if st.hub is None or st.hub.closing:
-            raise _LinkClosed("going-away")
-        account, identity_key = await _authenticate(st, ws)
-        session = VaultLinkSession(st, ws, account, identity_key)
+            raise LinkClosed("going-away")
+        account, identity_key, features = await authenticate_vault(st, ws)
+        session = VaultLinkSession(st, ws, account, identity_key,
+                                   batch=BATCH_FEATURE in features)
         previous = st.links.claim(account, session)
         if previous is not None:
-            await previous.close("link.superseded", _MESSAGES["link.superseded"])
+            await previous.close("link.superseded", LINK_CLOSE_MESSAGES["link.superseded"])
         st.metrics.vault_links.labels("authenticating").dec()
         st.metrics.vault_links.labels("ready").inc()
         backlog = (await st.store.outbox_stats(account)).entries
-        await ws.send_json({"type": "ready", "backlog": backlog, "window": session.window})
-        log_event(st.logger, logging.INFO, "link.ready", account=account, backlog=backlog)
+        ready: dict[str, Any] = {"type": "ready", "backlog": backlog, "window": session.window}
+        if features:  # else absent: the ready frame older vaults have always had
+            ready["features"] = sorted(features)
+        await ws.send_json(ready)
+        log_event(st.logger, logging.INFO, "link.ready", account=account, backlog=backlog,
+                  batch=session.batch)
         sender = asyncio.create_task(session.stream())
         await session.serve()
-    except _LinkClosed as exc:
+    except LinkClosed as exc:
         outcome = exc.code
-        await _close(ws, exc.code, _MESSAGES.get(exc.code, "refused"))
+        await close_link(ws, exc.code, LINK_CLOSE_MESSAGES.get(exc.code, "refused"))
     except (ConnectionError, RuntimeError):
         outcome = "connection_lost"
     finally:
@@ -417,6 +391,6 @@ async def vault_link_socket(request: web.Request) -> web.WebSocketResponse:
                       outcome=outcome)
         else:
             st.metrics.vault_links.labels("authenticating").dec()
-        st.metrics.link_sessions.labels(outcome if outcome in _MESSAGES or outcome in (
+        st.metrics.link_sessions.labels(outcome if outcome in LINK_CLOSE_MESSAGES or outcome in (
             "closed", "connection_lost") else "other").inc()
     return ws

@@ -30,6 +30,7 @@ from envelope.link import link_auth_response, sign_erasure_notice
 from envelope.receipts import sign_receipt
 from envelope.sealing import _seal_with, _sealed_box_with, envelope_hash
 from envelope.statements import sign_agent_certificate, sign_vault_key_statement
+from envelope.vectors.outbox_cases import outbox_frame_cases
 
 __all__ = ["build_vectors", "main", "render"]
 
@@ -439,16 +440,19 @@ def build_vectors() -> dict[str, Any]:
     s_valid, s_invalid = _statement_cases()
     r_valid, r_invalid = _receipt_cases()
     l_valid, l_invalid = _link_cases()
+    o_valid, o_invalid = outbox_frame_cases()
     return {
         "format": 1,
         "about": "Known-answer vectors for Compliance Relay envelope v1. See README.md "
                  "beside this file for the format.",
         "limits": {n: getattr(limits, n) for n in (
             "VERSION", "MAX_HEADER_BYTES", "MAX_RECIPIENTS", "MAX_SEQUENCE",
-            "MAX_ENVELOPE_BYTES", "MAX_BODY_BYTES", "MAX_RECEIPT_ITEMS", "PAD_BUCKETS")},
+            "MAX_ENVELOPE_BYTES", "MAX_BODY_BYTES", "MAX_RECEIPT_ITEMS", "PAD_BUCKETS",
+            "MAX_BATCH_ENTRIES", "MAX_BATCH_FRAME_BYTES")},
         "keys": _keys_section(),
-        "valid": envelopes + s_valid + r_valid + l_valid,
-        "invalid": _invalid_envelopes(hello, agent_only, other) + s_invalid + r_invalid + l_invalid,
+        "valid": envelopes + s_valid + r_valid + l_valid + o_valid,
+        "invalid": _invalid_envelopes(hello, agent_only, other) + s_invalid + r_invalid
+        + l_invalid + o_invalid,
     }
 
 

@@ -20,7 +20,9 @@ from envelope import (
     canonical_json,
     check_shape,
     decode_body,
+    decode_outbox_batch,
     decode_outbox_frame,
+    encode_outbox_batches,
     encode_outbox_frame,
     key_id,
     link_auth_response,
@@ -68,6 +70,7 @@ def _envelope_entry_points(data: bytes) -> None:
     _only_envelope_errors(lambda: check_shape(data, account=ACCOUNT, vault_key_id=VAULT.key_id))
     _only_envelope_errors(lambda: open_envelope(data, VAULT, account=ACCOUNT))
     _only_envelope_errors(lambda: decode_outbox_frame(data))
+    _only_envelope_errors(lambda: decode_outbox_batch(data))
 
 
 @SETTINGS
@@ -75,6 +78,8 @@ def _envelope_entry_points(data: bytes) -> None:
 def test_random_bytes(data: bytes) -> None:
     _envelope_entry_points(data)
     _envelope_entry_points(VALID[:3] + data)
+    _envelope_entry_points(b"\xb1" + data)  # past the batch tag
+    _envelope_entry_points(b"\xb1\x00\x02" + data)  # and a plausible count
     for kind in sorted(KINDS):
         _only_envelope_errors(lambda k=kind: decode_body(k, data))
 
@@ -106,6 +111,8 @@ def test_mutated_valid_envelope(ops: list[tuple[int, int, int]]) -> None:
     data = _mutate(VALID, ops)
     _envelope_entry_points(data)
     _envelope_entry_points(encode_outbox_frame(7, data))
+    if data:
+        _envelope_entry_points(_mutate(encode_outbox_batches([(7, VALID), (8, data)])[0], ops))
 
 
 def _header_frame(header: dict[str, Any]) -> bytes:

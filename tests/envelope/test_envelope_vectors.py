@@ -16,6 +16,8 @@ from envelope import (
     EncryptionKey,
     EnvelopeError,
     check_shape,
+    decode_outbox_batch,
+    decode_outbox_frame,
     envelope_hash,
     fingerprint,
     key_id,
@@ -62,6 +64,10 @@ def _run(case: dict[str, Any]) -> Any:
     if name == "check_shape":
         return check_shape(_envelope_bytes(case), account=op["account"],
                            vault_key_id=op["vault_key_id"], engagement=op.get("engagement"))
+    if name == "decode_outbox_frame":
+        return [decode_outbox_frame(bytes.fromhex(case["frame_hex"]))]
+    if name == "decode_outbox_batch":
+        return decode_outbox_batch(bytes.fromhex(case["frame_hex"]))
     if name == "open_envelope":
         pin = op.get("sender_public_key_hex")
         return open_envelope(_envelope_bytes(case), _enc(op["recipient"]),
@@ -90,7 +96,7 @@ def test_vector_counts_and_names() -> None:
     names = [c["name"] for c in valid + invalid]
     assert len(names) == len(set(names))
     # Not only envelopes: statements, receipts and link auth have cases of both kinds.
-    for kind in ("envelope", "statement", "receipt", "link-auth"):
+    for kind in ("envelope", "statement", "receipt", "link-auth", "outbox-frame"):
         assert any(c["type"] == kind for c in valid), kind
         assert any(c["type"] == kind for c in invalid), kind
     codes = {c["error"] for c in invalid}
@@ -162,6 +168,8 @@ def test_valid_signed_object(case: dict[str, Any]) -> None:
     elif case["operation"]["op"] == "verify_agent_certificate":
         assert (result.agent, result.encryption_key_id, result.signing_public_key.hex()) == (
             expect["agent"], expect["encryption_key_id"], expect["signing_public_key_hex"])
+    elif case["type"] == "outbox-frame":
+        assert [[seq, env.hex()] for seq, env in result] == expect["entries"]
     elif case["type"] == "erasure-notice":
         assert (list(result.engagements), result.at, result.rule) == (
             expect["engagements"], expect["at"], expect["rule"])

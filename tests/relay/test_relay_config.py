@@ -35,6 +35,18 @@ def test_toml_then_env_then_overrides(tmp_path: pathlib.Path) -> None:
         load_config(None, env={"RELAY_PORT": "eighty"})
 
 
+def test_boolean_fields_from_toml_and_env(tmp_path: pathlib.Path) -> None:
+    assert load_config(None, env={}).link_batch_frames is True
+    path = tmp_path / "relay.toml"
+    path.write_text("[relay]\nlink_batch_frames = false\n")
+    assert load_config(path, env={}).link_batch_frames is False
+    for word, value in (("true", True), ("0", False), ("Off", False), ("yes", True)):
+        assert load_config(None, env={"RELAY_LINK_BATCH_FRAMES": word}).link_batch_frames \
+            is value
+    with pytest.raises(ConfigError, match="link_batch_frames"):
+        load_config(None, env={"RELAY_LINK_BATCH_FRAMES": "maybe"})
+
+
 def test_secrets_from_credentials_directory(tmp_path: pathlib.Path) -> None:
     creds, state = tmp_path / "creds", tmp_path / "state"
     creds.mkdir()

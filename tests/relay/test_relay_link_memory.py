@@ -1,6 +1,7 @@
 """The vault link's sender on a real SQLite file: entries committed while the link lives
 are sent from memory (not read back), the backlog from before it and anything after a
-queue overflow from the outbox; every entry goes out exactly once, in seq order."""
+queue overflow from the outbox; every entry goes out exactly once, in seq order, in one
+frame each or (to a vault that named outbox-batch) in batched frames within their bounds."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from envelope import decode_outbox_frame, envelope_hash
+from envelope import decode_outbox_batch, decode_outbox_frame, envelope_hash
+from envelope.limits import MAX_BATCH_FRAME_BYTES
 from relay import vault_link
 from relay.links import LinkRegistry
 from relay.metrics import RelayMetrics
@@ -27,19 +29,26 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class _Socket:
-    """The link's websocket as the sender sees it: records the frames sent."""
+    """The link's websocket as the sender sees it: records the frames sent (decoded as
+    the session was told to send them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: bool = False) -> None:
         self.closed = False
+        self.batch = batch
         self.seqs: list[int] = []
+        self.frame_sizes: list[int] = []
 
     async def send_bytes(self, data: bytes) -> None:
-        self.seqs.append(decode_outbox_frame(data)[0])
+        self.frame_sizes.append(len(data))
+        if self.batch:
+            self.seqs += [seq for seq, _ in decode_outbox_batch(data)]
+        else:
+            self.seqs.append(decode_outbox_frame(data)[0])
         await asyncio.sleep(0)
 
 
-def _entry(i: int) -> OutboxEntry:
-    data = f"envelope-{i}".encode() * 8
+def _entry(i: int, size: int = 0) -> OutboxEntry:
+    data = f"envelope-{i}".encode() * 8 + b"x" * size
     return OutboxEntry("clinic", 0, f"e{i:021d}", "eng-00000001", envelope_hash(data), data, i)
 
 
@@ -58,7 +67,7 @@ async def _streaming(tmp_path: pathlib.Path, ws: Any, *, window: int, backlog: i
                               logger=logging.getLogger("test"), clock=lambda: 0.0)
     try:
         await store.append_outbox([_entry(i) for i in range(backlog)])
-        session = VaultLinkSession(st, ws, "clinic", identity_key)
+        session = VaultLinkSession(st, ws, "clinic", identity_key, batch=ws.batch)
         links.claim("clinic", session)
         sender = asyncio.create_task(session.stream())
         try:
@@ -79,10 +88,11 @@ async def _until(check: Any, tries: int) -> None:
 
 
 async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
-               seed: int) -> tuple[_Socket, VaultLinkSession]:
+               seed: int, batch: bool = False, size: int = 0
+               ) -> tuple[_Socket, VaultLinkSession]:
     """``before`` entries committed before the link, ``during`` while it streams."""
     rng = random.Random(seed)
-    ws = _Socket()
+    ws = _Socket(batch)
     async with _streaming(tmp_path, ws, window=window, backlog=before) as (store, session):
         links = session.st.links
 
@@ -106,7 +116,7 @@ async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
         n = before
         while n < before + during:
             k = rng.randint(1, 20)
-            await asyncio.gather(*(store.append_outbox([_entry(i)])
+            await asyncio.gather(*(store.append_outbox([_entry(i, size)])
                                    for i in range(n, min(n + k, before + during))))
             n += k
             await asyncio.sleep(rng.choice((0, 0.001)))
@@ -114,18 +124,43 @@ async def _run(tmp_path: pathlib.Path, *, before: int, during: int, window: int,
     return ws, session
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batched"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_live_entries_come_from_memory_exactly_once_in_order(tmp_path: pathlib.Path,
-                                                                   seed: int) -> None:
-    ws, session = await _run(tmp_path, before=40, during=600, window=16, seed=seed)
+                                                                   seed: int,
+                                                                   batch: bool) -> None:
+    ws, session = await _run(tmp_path, before=40, during=600, window=16, seed=seed,
+                             batch=batch)
     assert ws.seqs == list(range(1, 641))
     assert session.sent_from_memory > 300  # the backlog came from the store, the rest not
+    sample = session.st.metrics.registry.get_sample_value
+    assert sample("relay_vault_link_frames_sent_total") == 640  # entries, however framed
+    if batch:
+        # One frame per pass: fewer frames than entries, and each one counted.
+        assert len(ws.frame_sizes) < 640
+        assert sample("relay_vault_link_batches_sent_total") == len(ws.frame_sizes)
+    else:
+        assert len(ws.frame_sizes) == 640
+        assert sample("relay_vault_link_batches_sent_total") == 0
 
 
+async def test_batched_frames_stay_within_the_byte_bound(tmp_path: pathlib.Path) -> None:
+    # 60 KiB entries, a window of 64: a pass takes up to ~3.8 MiB, so it must be split.
+    ws, session = await _run(tmp_path, before=100, during=60, window=64, seed=5, batch=True,
+                             size=60 * 1024)
+    assert ws.seqs == list(range(1, 161))
+    assert max(ws.frame_sizes) <= MAX_BATCH_FRAME_BYTES
+    assert max(ws.frame_sizes) > MAX_BATCH_FRAME_BYTES - 61 * 1024  # frames are filled
+    assert len(ws.frame_sizes) < 160
+    assert session.st.metrics.registry.get_sample_value(
+        "relay_vault_link_batches_sent_total") == len(ws.frame_sizes)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batched"])
 async def test_overflow_falls_back_to_the_outbox_without_loss_or_repeats(
-        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, batch: bool) -> None:
     monkeypatch.setattr(vault_link, "_QUEUE_MAX_ENTRIES", 5)
-    ws, session = await _run(tmp_path, before=0, during=800, window=4, seed=7)
+    ws, session = await _run(tmp_path, before=0, during=800, window=4, seed=7, batch=batch)
     assert ws.seqs == list(range(1, 801))
     assert session.overflows > 0
 

@@ -1,5 +1,7 @@
 """The vault's side of the vault link against a minimal relay peer on 127.0.0.1 that
-speaks envelope/link.py with envelope's own functions."""
+speaks envelope/link.py with envelope's own functions. By default the peer is a relay
+from before link features: it ignores the vault's ``features`` and sends one frame per
+entry; it can also confirm ``outbox-batch`` and send chosen (bad) binary frames."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import struct
 
 import nacl.utils
 import pytest
@@ -18,12 +21,14 @@ from controller_vault.metrics import VaultMetrics
 from envelope import (
     PartyKeys,
     b64e,
+    encode_outbox_batches,
     encode_outbox_frame,
     envelope_hash,
     parse_envelope,
     verify_link_auth,
     verify_receipt,
 )
+from envelope.limits import MAX_BATCH_FRAME_BYTES
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,6 +46,9 @@ class RelayPeer:
     acked: list[str] = dataclasses.field(default_factory=list)
     origin: str = ""
     all_acked: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    ready_extra: dict = dataclasses.field(default_factory=dict)  # e.g. {"features": [...]}
+    binary: list[bytes] | None = None  # sent instead of one outbox frame per entry
+    auth_frames: list[dict] = dataclasses.field(default_factory=list)
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -52,6 +60,7 @@ class RelayPeer:
         msg = await ws.receive(timeout=5)
         if msg.type != WSMsgType.TEXT:
             return ws
+        self.auth_frames.append(msg.json())
         try:
             verify_link_auth(msg.json(), self.identity_pk, account="clinic", nonce=nonce,
                              origin=self.origin)
@@ -59,8 +68,11 @@ class RelayPeer:
             await ws.close(code=4401, message=b"link.auth_failed")
             return ws
         self.auth_ok += 1
-        await ws.send_json({"type": "ready", "backlog": len(self.outbox), "window": 64})
-        for n, (seq, env) in enumerate(sorted(self.outbox.items())):
+        await ws.send_json({"type": "ready", "backlog": len(self.outbox), "window": 64}
+                           | self.ready_extra)
+        for frame in self.binary or []:
+            await ws.send_bytes(frame)
+        for n, (seq, env) in enumerate([] if self.binary else sorted(self.outbox.items())):
             if self.drop_after is not None and self.sessions == 1 and n == self.drop_after:
                 await ws.close(code=1001, message=b"going-away")
                 return ws
@@ -215,3 +227,100 @@ async def test_locked_store_means_no_ack_then_redelivery_after_reconnect(vault, 
         await _stop(task)
     assert await vault.envelope_count() == 20
     assert len(set(peer.acked)) == 20
+
+
+async def test_a_relay_from_before_features_gets_the_old_link(vault, peer_server):
+    # The peer ignores "features" and its ready names none: one frame per entry, read
+    # as such, and the auth frame differs from an old vault's by that field alone.
+    outbox = _outbox(vault, 30)
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox))
+    link = _link(vault, await peer_server(peer))
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        await _stop(task)
+    assert not link.batched and await vault.envelope_count() == 30
+    assert peer.auth_frames[0]["features"] == ["outbox-batch"]
+    assert set(peer.auth_frames[0]) == {"type", "account", "identity_key", "sig", "features"}
+
+
+async def test_bad_batched_frames_are_counted_and_the_good_ones_stored(vault, peer_server):
+    outbox = _outbox(vault, 7)
+    items = sorted(outbox.items())
+    good = encode_outbox_batches(items)[0]
+    reordered = b"\xb1\x00\x02" + b"".join(
+        struct.pack(">QI", seq, len(env)) + env for seq, env in (items[1], items[0]))
+    bad = [b"\xb1\x00", good + b"\x00",  # truncated; trailing byte
+           encode_outbox_frame(*items[0]),  # a single frame where batches were agreed
+           reordered]
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox),
+                     ready_extra={"features": ["outbox-batch"]}, binary=[*bad, good])
+    metrics = VaultMetrics()
+    link = _link(vault, await peer_server(peer), metrics)  # batch_max 16 > 7
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        await _stop(task)
+    assert link.batched and await vault.envelope_count() == 7
+    assert metrics.registry.get_sample_value(
+        "vault_rejected_envelopes_total", {"reason": "link.bad_frame"}) == len(bad)
+
+
+@pytest.mark.parametrize("ready_extra", [
+    {"features": ["outbox-batch"]},      # named by the relay, never offered by this vault
+    {"features": "outbox-batch"},        # not a list
+])
+async def test_a_ready_frame_with_features_not_offered_closes_the_link(
+        vault, peer_server, ready_extra):
+    peer = RelayPeer(vault.keys.identity.public_bytes, _outbox(vault, 3),
+                     ready_extra=ready_extra)
+    cfg = VaultConfig(account="clinic", state_dir=str(vault.state), relay_url=await peer_server(
+        peer), batch_max=16, batch_wait_ms=10, backoff_initial_s=0.05, backoff_max_s=0.2,
+        link_batch_frames=False)
+    link = VaultLink(cfg, vault.keys, vault.ingestor, VaultMetrics(), rng=random.Random(1))
+    task = asyncio.create_task(link.run())
+    try:
+        for _ in range(200):
+            if peer.sessions >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await _stop(task)
+    assert peer.sessions >= 2 and link.last_close_code == "link.bad_frame"
+    assert "features" not in peer.auth_frames[0]  # this vault offered nothing
+    assert await vault.envelope_count() == 0
+
+
+async def test_a_batched_frame_of_exactly_the_size_bound_is_read(vault, peer_server):
+    from envelope import encode_body, seal
+
+    visitor = PartyKeys.generate()
+    outbox: dict[int, bytes] = {}
+    used = 3 + 12  # the frame's head, and the filler entry's
+    while MAX_BATCH_FRAME_BYTES - used > 40_000:
+        seq = len(outbox) + 1
+        outbox[seq] = seal(encode_body("message", {"text": "x" * 16_000}), sender=visitor,
+                           role="visitor", account="clinic", engagement="eng-00000001",
+                           sequence=seq, kind="message",
+                           recipients=[vault.keys.current_key.public_bytes])
+        used += 12 + len(outbox[seq])
+    items = sorted(outbox.items())
+    # Opaque bytes fill the frame to the byte: the vault refuses them as an envelope
+    # (a reject, as for any bad entry), not the frame.
+    filler = (len(items) + 1, b"\x01" * (MAX_BATCH_FRAME_BYTES - used))
+    frames = encode_outbox_batches([*items, filler])
+    assert [len(f) for f in frames] == [MAX_BATCH_FRAME_BYTES]
+    peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox),
+                     ready_extra={"features": ["outbox-batch"]}, binary=frames)
+    metrics = VaultMetrics()
+    link = _link(vault, await peer_server(peer), metrics)
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(peer.all_acked.wait(), 10)
+    finally:
+        await _stop(task)
+    assert peer.sessions == 1 and await vault.envelope_count() == len(items)
+    assert metrics.registry.get_sample_value(
+        "vault_rejected_envelopes_total", {"reason": "link.bad_frame"}) is None

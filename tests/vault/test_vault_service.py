@@ -30,6 +30,17 @@ def test_config_toml_with_env_overrides(tmp_path):
     assert all(len(h) > 10 for h in config_help().values())
 
 
+def test_boolean_config_fields(tmp_path):
+    base = {"VAULT_ACCOUNT": "clinic", "VAULT_STATE_DIR": "/v"}
+    assert load_config(None, env=base).link_batch_frames is True
+    path = tmp_path / "vault.toml"
+    path.write_text('[vault]\naccount = "clinic"\nstate_dir = "/v"\nlink_batch_frames = false\n')
+    assert load_config(path, env={}).link_batch_frames is False
+    assert load_config(path, env={"VAULT_LINK_BATCH_FRAMES": "on"}).link_batch_frames is True
+    with pytest.raises(ConfigError, match="link_batch_frames"):
+        load_config(None, env=base | {"VAULT_LINK_BATCH_FRAMES": "2"})
+
+
 async def test_app_serves_health_metrics_and_openapi(tmp_path, aiohttp_client):
     state = tmp_path / "v"
     init_vault(state, "clinic", now=NOW)
