@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from typing import Any
@@ -34,6 +36,7 @@ from envelope import (
     verify_receipt,
     verify_vault_key_statement,
 )
+from envelope.errors import MalformedError
 from envelope.limits import MAX_SEQUENCE, PAD_BUCKETS
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -156,3 +159,64 @@ def test_link_auth_any_flipped_byte_fails(index: int) -> None:
         verify_link_auth(bad, IDENTITY.public_bytes, account=ACCOUNT, nonce=nonce,
                          origin="https://r")
     assert info.value.code == "link.auth_failed"
+
+
+def _lenient_then_reencode(text: str) -> bytes:
+    """Reference for b64d: decode leniently, then demand the text is the one spelling."""
+    raw = text.encode("ascii")
+    if b"=" in raw or b"+" in raw or b"/" in raw:
+        raise MalformedError("padded or standard alphabet")
+    out = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    if b64e(out) != text:
+        raise MalformedError("not the canonical spelling")
+    return out
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                        "-_=+/ \n.!\u00e9\x00", max_size=14))
+def test_b64d_accepts_exactly_the_canonical_spelling(text: str) -> None:
+    try:
+        expected: bytes | None = _lenient_then_reencode(text)
+    except (MalformedError, binascii.Error, ValueError, UnicodeEncodeError):
+        expected = None
+    try:
+        got: bytes | None = b64d(text)
+    except MalformedError:
+        got = None
+    assert got == expected
+
+
+_FIELD = st.text(alphabet="AZaz09_-f\x00\n !\u00e9", min_size=0, max_size=70)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_FIELD, _FIELD, _FIELD), min_size=1, max_size=4))
+def test_receipt_items_follow_the_field_patterns(items: list[tuple[str, str, str]]) -> None:
+    """verify_receipt checks all items in one pass: accepted exactly when every field
+    matches its own pattern (ENGAGEMENT_PATTERN, ENVELOPE_ID_PATTERN, 64 hex)."""
+    from envelope.limits import ENGAGEMENT_PATTERN, ENVELOPE_ID_PATTERN
+
+    ident = IdentityKey.generate()
+    wire = sign_receipt(ident, account="clinic", items=items)
+    valid = all(ENGAGEMENT_PATTERN.fullmatch(e) and ENVELOPE_ID_PATTERN.fullmatch(i)
+                and len(h) == 64 and all(c in "0123456789abcdef" for c in h)
+                for e, i, h in items)
+    try:
+        got = verify_receipt(wire, ident.public_bytes, account="clinic")
+    except ReceiptError:
+        assert not valid
+    else:
+        assert valid and [tuple(g) for g in got] == items
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True),
+                          st.from_regex(r"[A-Za-z0-9_-]{22}", fullmatch=True),
+                          st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
+                min_size=1, max_size=5))
+def test_receipt_with_valid_items_verifies(items: list[tuple[str, str, str]]) -> None:
+    ident = IdentityKey.generate()
+    got = verify_receipt(sign_receipt(ident, account="clinic", items=items),
+                         ident.public_bytes, account="clinic")
+    assert [tuple(g) for g in got] == items
