@@ -42,6 +42,7 @@ b'hello'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -278,6 +279,15 @@ def seal(
         ephemeral_secrets=[nacl.utils.random(32) for _ in recipients])
 
 
+@functools.lru_cache(maxsize=4096)
+def _sender_key(spk: str) -> tuple[bytes, str]:
+    """The sender key's bytes and id: decoded and hashed once per key, not per envelope
+    (every frame of a conversation names the same one or two keys). Bounded: a peer
+    naming fresh keys only makes misses. Raises MalformedError as b64d does."""
+    key = b64d(spk, length=32)
+    return key, key_id(key)
+
+
 def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
     if obj.get("v") != VERSION or type(obj.get("v")) is not int:
         raise UnsupportedVersion("unknown header version")
@@ -307,8 +317,11 @@ def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
         raise HeaderFieldError("header field role unknown")
     if not isinstance(kind, str) or kind not in KINDS:
         raise HeaderFieldError("header field kind unknown")
-    spk = b64d(obj["spk"], length=32)
-    if key_id(spk) != skid:
+    spk_text = obj["spk"]
+    if not isinstance(spk_text, str):  # a JSON list is unhashable: no cache lookup
+        raise MalformedError("expected a base64url string")
+    spk, spk_id = _sender_key(spk_text)
+    if spk_id != skid:
         raise HeaderFieldError("header field skid does not match spk")
     rcpt = obj["rcpt"]
     if not isinstance(rcpt, list) or not rcpt:
@@ -326,11 +339,8 @@ def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
         recipients=tuple(rcpt), raw=raw)
 
 
-def parse_envelope(data: bytes) -> ParsedEnvelope:
-    """Split envelope bytes into parts with strict size and pattern checks (no crypto)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedError("envelope must be bytes")
-    data = bytes(data)
+def _parse_header(data: bytes) -> tuple[EnvelopeHeader, int]:
+    """Every structural check of an envelope; its header and where the header ends."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise LimitExceeded("envelope exceeds MAX_ENVELOPE_BYTES")
     if len(data) < _PREFIX.size:
@@ -351,6 +361,16 @@ def parse_envelope(data: bytes) -> ParsedEnvelope:
         raise MalformedError("envelope truncated")
     if body_len - TAG_BYTES not in PAD_BUCKETS:
         raise MalformedError("ciphertext length is not a padding bucket")
+    return header, header_end
+
+
+def parse_envelope(data: bytes) -> ParsedEnvelope:
+    """Split envelope bytes into parts with strict size and pattern checks (no crypto)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedError("envelope must be bytes")
+    data = bytes(data)
+    header, header_end = _parse_header(data)
+    keys_end = header_end + SEALED_KEY_BYTES * len(header.recipients)
     sealed_keys = tuple(
         data[header_end + i * SEALED_KEY_BYTES: header_end + (i + 1) * SEALED_KEY_BYTES]
         for i in range(len(header.recipients)))
@@ -365,8 +385,14 @@ def parse_envelope(data: bytes) -> ParsedEnvelope:
 def check_shape(
     data: bytes, *, account: str, vault_key_id: str, engagement: str | None = None,
 ) -> EnvelopeHeader:
-    """The relay's check: parse, bind to account (and engagement), require the vault recipient."""
-    header = parse_envelope(data).header
+    """The relay's check: parse, bind to account (and engagement), require the vault recipient.
+
+    The same structural checks as :func:`parse_envelope`, without copying out the parts
+    only a recipient needs (the relay checks every frame it routes).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedError("envelope must be bytes")
+    header = _parse_header(bytes(data))[0]
     if header.account != account:
         raise BindingError("envelope is for another account", code="envelope.wrong_account")
     if engagement is not None and header.engagement != engagement:
