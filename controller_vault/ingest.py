@@ -51,7 +51,7 @@ from envelope import (
     OpenedEnvelope,
     decode_body,
     envelope_hash,
-    open_envelope,
+    open_parsed,
     parse_envelope,
     sign_receipt,
 )
@@ -102,7 +102,9 @@ class IngestResult:
 def open_and_check(data: bytes, keys: VaultKeys) -> tuple[OpenedEnvelope, dict[str, Any], str]:
     """Stateless checks of one envelope: ``(opened, body, vault key id)`` or IngestRejected."""
     try:
-        header = parse_envelope(data).header
+        # Parsed once: the header checks below and the opening share it.
+        parsed = parse_envelope(data)
+        header = parsed.header
         if header.account != keys.account:
             raise IngestRejected("envelope is for another account",
                                  code="envelope.wrong_account")
@@ -110,7 +112,7 @@ def open_and_check(data: bytes, keys: VaultKeys) -> tuple[OpenedEnvelope, dict[s
         if kid is None:
             raise IngestRejected("no vault key of ours is a recipient",
                                  code="vault.not_recipient")
-        opened = open_envelope(data, keys.encryption_keys[kid], account=keys.account)
+        opened = open_parsed(parsed, keys.encryption_keys[kid])
     except IngestRejected:
         raise
     except EnvelopeError as exc:
@@ -160,7 +162,8 @@ class Ingestor:
         rejections: list[tuple[int, str]] = []
         for i, data in enumerate(frames):
             try:
-                checked.append((i, bytes(data), *open_and_check(bytes(data), self._keys)))
+                raw = bytes(data)
+                checked.append((i, raw, *open_and_check(raw, self._keys)))
             except IngestRejected as exc:
                 rejections.append((i, exc.code))
         engagements = {c[2].header.engagement for c in checked}

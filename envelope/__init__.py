@@ -50,6 +50,7 @@ from .sealing import (
     envelope_hash,
     new_envelope_id,
     open_envelope,
+    open_parsed,
     parse_envelope,
     seal,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "link_auth_response",
     "new_envelope_id",
     "open_envelope",
+    "open_parsed",
     "parse_envelope",
     "receipt_hash",
     "seal",
