@@ -6,10 +6,11 @@ synchronous=FULL, one transaction per batch). The ratio says what the vault's ow
 work costs on top (re-encryption under the data key, blind index, idempotency and
 sequence checks, audit chain, receipt signature).
 
-Two rows, each against its own floor: ``short`` (~200-byte visitor messages sealed to the
-vault alone) and ``kib`` (1 KiB messages sealed to the vault and one peer, as the
-whole-path bench's envelopes are: see relay_load.py; that is what the vault sees in the
-relay rows). ``--rows`` picks which to run. Each row also prints the process CPU per
+Two rows, each against its own floor: ``short`` (~200-byte visitor messages over 20
+engagements, sealed to the vault alone) and ``kib`` (1 KiB messages over 100 engagements,
+visitor and certified agent taking turns, each sealed to the vault and the other: the
+whole-path bench's envelopes, see relay_load.py; what the vault sees in the relay rows).
+``--rows`` picks which to run. Each row also prints the process CPU per
 envelope (all threads) of the vault and of the floor: on a shared machine it moves far
 less between runs than the rates do.
 
@@ -26,6 +27,7 @@ import sqlite3
 import tempfile
 import time
 
+from controller_vault.certify import certify_agent
 from controller_vault.ingest import Ingestor
 from controller_vault.keyfiles import init_vault
 from controller_vault.keystore import KeyStore
@@ -41,25 +43,41 @@ TEXTS = {"short": "I would like to book an appointment for next week, " * 4,
          "kib": ("Hello, I would like to ask about my appointment next week. " * 20)[:1024]}
 
 
-def make_envelopes(vault_pk: bytes, n: int, engagements: int = 20, *, row: str = "short"
-                   ) -> list[bytes]:
-    """``n`` visitor messages of the row's text spread over ``engagements``; the ``kib``
-    row seals each to the vault and the engagement's agent, as relay_load.py does."""
+#: Engagements per row; the kib row has the whole-path bench's 100-engagement shape.
+ENGAGEMENTS = {"short": 20, "kib": 100}
+
+
+def make_envelopes(vault_pk: bytes, n: int, *, row: str = "short"
+                   ) -> tuple[list[bytes], list[PartyKeys]]:
+    """``n`` messages of the row's text spread over its engagements, and the agents the
+    vault must certify. ``short``: visitors only, sealed to the vault. ``kib``: visitor
+    and agent take turns, each sealing to the vault and the other (relay_load.py)."""
+    engagements = ENGAGEMENTS[row]
     visitors = [PartyKeys.generate() for _ in range(engagements)]
-    peers = [PartyKeys.generate().encryption.public_bytes for _ in range(engagements)]
+    agents = [PartyKeys.generate() for _ in range(engagements)] if row == "kib" else []
     body = encode_body("message", {"text": TEXTS[row]})
-    return [seal(body, sender=visitors[i % engagements],
-                 role="visitor", account="bench", engagement=f"eng-{i % engagements:08d}",
-                 sequence=i // engagements + 1, kind="message",
-                 recipients=[vault_pk] + ([peers[i % engagements]] if row == "kib" else []))
-            for i in range(n)]
+    out = []
+    for i in range(n):
+        e, turn = i % engagements, i // engagements
+        sender, peer, role = visitors[e], agents[e] if agents else None, "visitor"
+        if agents and turn % 2:
+            sender, peer, role = agents[e], visitors[e], "agent"
+        out.append(seal(body, sender=sender, role=role, account="bench",
+                        engagement=f"eng-{e:08d}", sequence=turn // (2 if agents else 1) + 1,
+                        kind="message", recipients=[vault_pk] + (
+                            [peer.encryption.public_bytes] if peer else [])))
+    return out, agents
 
 
-async def vault_rate(state: pathlib.Path, envelopes: list[bytes], keys, batch: int
-                     ) -> tuple[float, float]:
+async def vault_rate(state: pathlib.Path, envelopes: list[bytes], keys, batch: int,
+                     agents: list[PartyKeys] = ()) -> tuple[float, float]:
     """Envelopes per second through the real Ingestor, receipts signed; CPU us each."""
     store = await VaultStore.open(state / "vault.db", "bench")
     keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+    for n, agent in enumerate(agents):  # as `certify-agent` does, before the clock starts
+        await certify_agent(store, keys, agent=f"agent-{n}", now=NOW,
+                            encryption_key=agent.encryption.public_bytes,
+                            signing_key=agent.signing_public_bytes)
     # The service's default redaction rules, as `controller-vault serve` runs them (this
     # row used to leave redaction out, which hid its cost: ~200 us per KiB of text).
     ingestor = Ingestor(keys, store, keystore, redaction=RedactionRules())
@@ -103,9 +121,9 @@ def run_row(row: str, envelopes: int, batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         keys = init_vault(root / "vault", "bench", now=NOW)
-        stock = make_envelopes(keys.current_key.public_bytes, envelopes, row=row)
+        stock, agents = make_envelopes(keys.current_key.public_bytes, envelopes, row=row)
         floor, floor_cpu = floor_rate(root / "floor.db", stock, keys, batch)
-        vault, vault_cpu = asyncio.run(vault_rate(root / "vault", stock, keys, batch))
+        vault, vault_cpu = asyncio.run(vault_rate(root / "vault", stock, keys, batch, agents))
     return {"vault": vault, "floor": floor, "ratio": vault / floor,
             "vault_cpu_us": vault_cpu, "floor_cpu_us": floor_cpu}
 
@@ -127,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if row not in TEXTS:
             parser.error(f"unknown row {row!r}")
         r = run_row(row, args.envelopes, args.batch)
-        note = ("~200-byte messages, vault only" if row == "short"
-                else "1 KiB messages, sealed to vault + peer")
+        note = ("~200-byte visitor messages, vault only" if row == "short"
+                else "1 KiB messages both ways, sealed to vault + peer")
         print(f"[{row}] vault ingest: {r['vault']:,.0f} envelopes/s durably stored "
               f"({note}; batch {args.batch}, {args.envelopes} envelopes, "
               f"{os.cpu_count()} cpus)")
