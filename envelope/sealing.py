@@ -114,6 +114,9 @@ KINDS = frozenset({
 })
 _HEADER_KEYS = frozenset({"v", "acct", "eng", "id", "seq", "role", "skid", "spk", "kind", "rcpt"})
 _PREFIX = struct.Struct(">BH")
+#: Header fields checked against a fixed pattern, in the order they are checked.
+_PATTERNED = (("acct", ACCOUNT_PATTERN), ("eng", ENGAGEMENT_PATTERN),
+              ("id", ENVELOPE_ID_PATTERN), ("skid", KEY_ID_PATTERN))
 
 
 @dataclass(frozen=True)
@@ -288,16 +291,13 @@ def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
     if canonical_json(obj) != raw:
         raise HeaderFieldError("header is not canonical JSON")
 
-    def pattern(name: str, rx: object) -> str:
+    # One loop, no closure: this runs for every envelope the relay and the vault see.
+    for name, rx in _PATTERNED:
         value = obj[name]
-        if not isinstance(value, str) or not rx.fullmatch(value):  # type: ignore[attr-defined]
+        if not isinstance(value, str) or not rx.fullmatch(value):
             raise HeaderFieldError(f"header field {name} out of pattern")
-        return value
-
-    account = pattern("acct", ACCOUNT_PATTERN)
-    engagement = pattern("eng", ENGAGEMENT_PATTERN)
-    envelope_id = pattern("id", ENVELOPE_ID_PATTERN)
-    skid = pattern("skid", KEY_ID_PATTERN)
+    account, engagement = str(obj["acct"]), str(obj["eng"])
+    envelope_id, skid = str(obj["id"]), str(obj["skid"])
     seq = obj["seq"]
     if type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
         raise HeaderFieldError("header field seq out of range")
