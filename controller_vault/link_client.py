@@ -178,26 +178,47 @@ class VaultLink:
         return "link.bad_frame"
 
     async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> list[tuple[int, bytes]]:
+        """Block for the first frame, then gather until batch_max or batch_wait_ms of quiet."""
         frames: list[tuple[int, bytes]] = []
-        wait: float | None = None  # block for the first frame, then gather a batch
-        while len(frames) < self._config.batch_max:
+        loop = asyncio.get_running_loop()
+        quiet, most = self._config.batch_wait_ms / 1000, self._config.batch_max
+        closing = None if self._take(msg := await ws.receive(), frames) else msg
+        last = loop.time()
+        while closing is None and len(frames) < most:
+            # One deadline per quiet window, not a timeout per receive(): that was a timer
+            # set and cancelled for every frame (~3 us each). When the deadline fires and
+            # a frame came within the window, a new one starts from that frame. Only the
+            # receive() awaits inside it, so only a receive is ever cut short (the frame
+            # it waited for stays queued in aiohttp's reader).
             try:
-                msg = await ws.receive(timeout=wait)
+                async with asyncio.timeout_at(last + quiet):
+                    while len(frames) < most:
+                        msg = await ws.receive()
+                        last = loop.time()
+                        if not self._take(msg, frames):
+                            closing = msg
+                            break
             except TimeoutError:
-                break
-            wait = self._config.batch_wait_ms / 1000
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                try:
-                    frames.append(decode_outbox_frame(msg.data))
-                except EnvelopeError:
-                    self._metrics.rejected.labels(reason="link.bad_frame").inc()
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                self._control(msg.data)
-            else:
-                if frames:  # commit what arrived; the relay redelivers if no ack lands
-                    await self._ingest_and_ack(ws, frames)
-                raise _Closed(self._close_reason(ws, msg))
+                if loop.time() - last >= quiet:
+                    break
+        if closing is not None:
+            if frames:  # commit what arrived; the relay redelivers if no ack lands
+                await self._ingest_and_ack(ws, frames)
+            raise _Closed(self._close_reason(ws, closing))
         return frames
+
+    def _take(self, msg: aiohttp.WSMessage, frames: list[tuple[int, bytes]]) -> bool:
+        """Queue an outbox frame or act on a control frame; False for a close or an error."""
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            try:
+                frames.append(decode_outbox_frame(msg.data))
+            except EnvelopeError:
+                self._metrics.rejected.labels(reason="link.bad_frame").inc()
+            return True
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            self._control(msg.data)
+            return True
+        return False
 
     def _control(self, text: str) -> None:
         try:
