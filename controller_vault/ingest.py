@@ -51,7 +51,7 @@ from envelope import (
     OpenedEnvelope,
     decode_body,
     envelope_hash,
-    open_envelope,
+    open_parsed,
     parse_envelope,
     sign_receipt,
 )
@@ -102,7 +102,9 @@ class IngestResult:
 def open_and_check(data: bytes, keys: VaultKeys) -> tuple[OpenedEnvelope, dict[str, Any], str]:
     """Stateless checks of one envelope: ``(opened, body, vault key id)`` or IngestRejected."""
     try:
-        header = parse_envelope(data).header
+        # Parsed once: the header checks below and the opening share it.
+        parsed = parse_envelope(data)
+        header = parsed.header
         if header.account != keys.account:
             raise IngestRejected("envelope is for another account",
                                  code="envelope.wrong_account")
@@ -110,7 +112,7 @@ def open_and_check(data: bytes, keys: VaultKeys) -> tuple[OpenedEnvelope, dict[s
         if kid is None:
             raise IngestRejected("no vault key of ours is a recipient",
                                  code="vault.not_recipient")
-        opened = open_envelope(data, keys.encryption_keys[kid], account=keys.account)
+        opened = open_parsed(parsed, keys.encryption_keys[kid])
     except IngestRejected:
         raise
     except EnvelopeError as exc:
@@ -160,22 +162,26 @@ class Ingestor:
         rejections: list[tuple[int, str]] = []
         for i, data in enumerate(frames):
             try:
-                checked.append((i, bytes(data), *open_and_check(bytes(data), self._keys)))
+                raw = bytes(data)
+                checked.append((i, raw, *open_and_check(raw, self._keys)))
             except IngestRejected as exc:
                 rejections.append((i, exc.code))
-        engagements = {c[2].header.engagement for c in checked}
-        states = await self._store.engagement_states(engagements)
-        known = await self._store.known_envelopes(c[2].header.envelope_id for c in checked)
-        taken = await self._store.taken_positions(
-            (c[2].header.engagement, c[2].header.sender_key_id, c[2].header.sequence)
-            for c in checked)
-        certified = await self._store.certified_keys()
+        headers = [c[2].header for c in checked]
+        # One read hop for the whole batch; agent certificates and the relay-role facts
+        # only for the keys and engagements the batch's checks will look at.
+        view = await self._store.ingest_view(
+            engagements={h.engagement for h in headers},
+            envelope_ids={h.envelope_id for h in headers},
+            positions={(h.engagement, h.sender_key_id, h.sequence) for h in headers},
+            certified_senders={h.sender_key_id for h in headers
+                               if h.role in _CERTIFIED_ROLES},
+            relay_engagements={h.engagement for h in headers if h.role == "relay"})
+        states, known, taken, certified = view.states, view.known, view.taken, view.certified
         pinned = {e: s.visitor_key for e, s in states.items()}
-        relay_pin = await self._store.relay_pin()
+        relay_pin = view.relay_pin
         relay_key = relay_pin.public_key if relay_pin is not None else None
         relay_changes = 0
-        with_parties = await self._store.engagements_with_parties(engagements)
-        with_conninfo = await self._store.engagements_with_connection_info(engagements)
+        with_parties, with_conninfo = view.with_parties, view.with_conninfo
         items: list[tuple[str, str, str]] = []
         pending: list[tuple[bytes, OpenedEnvelope, dict[str, Any], str, str]] = []
         seen_ids: dict[str, str] = {}

@@ -8,11 +8,19 @@ here is destroyed, even if the master key leaks later.
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import aiosqlite
 
 from .atrest import new_data_key, unwrap_data_key, wrap_data_key
-from .database import checkpoint_truncate, open_database, store_errors
+from .database import (
+    checkpoint_truncate,
+    in_connection,
+    open_database,
+    select_in,
+    store_errors,
+    write_transaction,
+)
 from .errors import DataKeyDestroyed
 
 __all__ = ["KeyStore"]
@@ -39,31 +47,27 @@ class KeyStore:
     async def ensure_keys(self, engagements: list[str], now: int) -> dict[str, bytes]:
         """Data keys for ``engagements``, creating (durably) those that do not exist."""
         # No in-memory cache: an erasure by another process (staff CLI) must take
-        # effect at once, and one indexed read per batch is cheap.
+        # effect at once, and one indexed read per batch is cheap (one hop, below).
         found = await self._load(engagements)
-        new = [e for e in engagements if e not in found]
+        new = {e: new_data_key() for e in engagements if e not in found}
         if new:
-            async with store_errors(self._db, "create data keys"):
-                for eng in new:
-                    key = new_data_key()
-                    nonce, wrapped = wrap_data_key(self._master, eng, key)
-                    await self._db.execute(
-                        "INSERT INTO data_keys (engagement, nonce, wrapped, created_at) "
-                        "VALUES (?, ?, ?, ?)", (eng, nonce, wrapped, now))
-                    found[eng] = key
+            master = self._master
+
+            def create(conn: sqlite3.Connection) -> None:
+                conn.executemany(
+                    "INSERT INTO data_keys (engagement, nonce, wrapped, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(eng, *wrap_data_key(master, eng, key), now) for eng, key in new.items()])
+            await write_transaction(self._db, "create data keys", create)
+            found.update(new)
         return found
 
     async def _load(self, engagements: list[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        for i in range(0, len(engagements), 500):
-            chunk = engagements[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
-                    f"SELECT engagement, nonce, wrapped FROM data_keys "  # noqa: S608 (placeholders only)
-                    f"WHERE engagement IN ({marks})", chunk) as cur:
-                async for eng, nonce, wrapped in cur:
-                    found[eng] = unwrap_data_key(self._master, eng, nonce, wrapped)
-        return found
+        rows = await in_connection(self._db, lambda c: select_in(
+            c, "SELECT engagement, nonce, wrapped FROM data_keys WHERE engagement IN (?*)",
+            engagements))
+        return {eng: unwrap_data_key(self._master, eng, nonce, wrapped)
+                for eng, nonce, wrapped in rows}
 
     async def data_key(self, engagement: str) -> bytes:
         """The engagement's data key, or DataKeyDestroyed if it was erased (or never made)."""

@@ -1,4 +1,4 @@
-"""The staff side's queries on vault.db (part of the store: the only other module with SQL).
+"""The staff side's queries on vault.db (part of the store: SQL here).
 
 ``StaffQueries`` is mixed into :class:`~controller_vault.store.VaultStore` and uses its
 one writer connection. Reads return ids, times and counts only; personal data stays
@@ -169,7 +169,10 @@ class StaffQueries:
                 (engagement, *kinds))
             n = int(cur.rowcount)
             await self._append_audit([audit], now)
-        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Closed at once: an open cursor on the checkpoint would keep the statement
+        # running and fail the next one-hop write's COMMIT (database.write_transaction).
+        async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)"):
+            pass
         return n
 
     async def pending_notices(self, limit: int = 100) -> list[PendingNotice]:

@@ -53,6 +53,7 @@ from .sealing import (
     envelope_hash,
     new_envelope_id,
     open_envelope,
+    open_parsed,
     parse_envelope,
     seal,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "link_features",
     "new_envelope_id",
     "open_envelope",
+    "open_parsed",
     "parse_envelope",
     "receipt_hash",
     "seal",

@@ -94,6 +94,7 @@ __all__ = [
     "envelope_hash",
     "new_envelope_id",
     "open_envelope",
+    "open_parsed",
     "pad",
     "parse_envelope",
     "seal",
@@ -114,6 +115,9 @@ KINDS = frozenset({
 })
 _HEADER_KEYS = frozenset({"v", "acct", "eng", "id", "seq", "role", "skid", "spk", "kind", "rcpt"})
 _PREFIX = struct.Struct(">BH")
+#: Header fields checked against a fixed pattern, in the order they are checked.
+_PATTERNED = (("acct", ACCOUNT_PATTERN), ("eng", ENGAGEMENT_PATTERN),
+              ("id", ENVELOPE_ID_PATTERN), ("skid", KEY_ID_PATTERN))
 
 
 @dataclass(frozen=True)
@@ -297,16 +301,13 @@ def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
     if canonical_json(obj) != raw:
         raise HeaderFieldError("header is not canonical JSON")
 
-    def pattern(name: str, rx: object) -> str:
+    # One loop, no closure: this runs for every envelope the relay and the vault see.
+    for name, rx in _PATTERNED:
         value = obj[name]
-        if not isinstance(value, str) or not rx.fullmatch(value):  # type: ignore[attr-defined]
+        if not isinstance(value, str) or not rx.fullmatch(value):
             raise HeaderFieldError(f"header field {name} out of pattern")
-        return value
-
-    account = pattern("acct", ACCOUNT_PATTERN)
-    engagement = pattern("eng", ENGAGEMENT_PATTERN)
-    envelope_id = pattern("id", ENVELOPE_ID_PATTERN)
-    skid = pattern("skid", KEY_ID_PATTERN)
+    account, engagement = str(obj["acct"]), str(obj["eng"])
+    envelope_id, skid = str(obj["id"]), str(obj["skid"])
     seq = obj["seq"]
     if type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
         raise HeaderFieldError("header field seq out of range")
@@ -423,6 +424,20 @@ def open_envelope(
         raise BindingError("envelope is for another account", code="envelope.wrong_account")
     if engagement is not None and header.engagement != engagement:
         raise BindingError("envelope is for another engagement", code="envelope.wrong_engagement")
+    return open_parsed(parsed, recipient, sender_public_key=sender_public_key)
+
+
+def open_parsed(
+    parsed: ParsedEnvelope, recipient: EncryptionKey, *, sender_public_key: bytes | None = None,
+) -> OpenedEnvelope:
+    """:func:`open_envelope` for an envelope :func:`parse_envelope` already split.
+
+    For a caller that checks the parsed header before opening (the vault: account,
+    recipient) so the envelope is parsed once. ``parsed`` must come from parse_envelope:
+    its header fields are trusted as read from the signed bytes. Same opaque
+    DecryptionError for every cryptographic failure.
+    """
+    header = parsed.header
     try:
         # A pinned sender stops a hostile relay from re-signing with its own key.
         if sender_public_key is not None and sender_public_key != header.sender_public_key:

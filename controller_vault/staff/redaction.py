@@ -72,6 +72,7 @@ _CONTEXT_CHARS = 40
 # date 5 with a 19xx/20xx year), so text with fewer skips that rule's scan. Most chat
 # text has none: the scans were 200 us per KiB of it, a third of the vault's ingest.
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = b"0123456789"
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _CUSTOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
@@ -209,6 +210,16 @@ def _has_context(text: str, start: int) -> bool:
     return _DOB_CONTEXT.search(text, max(0, start - _CONTEXT_CHARS), start) is not None
 
 
+def _digit_count(text: str) -> int:
+    # What the rules' \d can match. In ASCII text that is exactly 0-9, counted in one
+    # C pass (0.6 us per KiB against 4.8 for the regex); other text may hold other
+    # Unicode digits, which \d matches too, so the regex counts those.
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw) - len(raw.translate(None, _ASCII_DIGITS))
+    return len(_DIGIT.findall(text))
+
+
 def redact(text: str, rules: RedactionRules) -> tuple[str, dict[str, int]]:
     """Mask every match of ``rules`` in ``text``; return the new text and counts per rule."""
     counts: dict[str, int] = {}
@@ -220,7 +231,7 @@ def redact(text: str, rules: RedactionRules) -> tuple[str, dict[str, int]]:
     def mask_for(kind: str) -> str:
         return rules.mask.replace("{kind}", kind)
 
-    digits = len(_DIGIT.findall(text))
+    digits = _digit_count(text)
     if rules.card_numbers and digits >= _CARD_MIN:
         spans = _card_spans(text)
         text = _replace_spans(text, spans, mask_for("card"))

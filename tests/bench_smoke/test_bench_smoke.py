@@ -20,7 +20,7 @@ FAMILIES = {
     "throughput": 4,  # 2 sizes x (vs bare, vs socket.io)
     "server CPU per message": 4,
     "latency p50 ": 2, "latency p99 ": 2, "latency p999 ": 2,
-    "vault ingest": 1,
+    "vault ingest": 2,  # ~200-byte bodies, and 1 KiB bodies to vault + peer
     "envelope": 2,
     "idle memory": 2,
     "growth": 4,

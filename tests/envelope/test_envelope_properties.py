@@ -27,6 +27,8 @@ from envelope import (
     envelope_hash,
     link_auth_response,
     open_envelope,
+    open_parsed,
+    parse_envelope,
     seal,
     sign_agent_certificate,
     sign_receipt,
@@ -74,9 +76,15 @@ def test_round_trip_for_every_recipient(body: bytes, n_agents: int, kind: str, s
         opened = open_envelope(data, key, account=account, engagement=engagement,
                                sender_public_key=VISITOR.signing_public_bytes)
         assert opened.body == body
-    with pytest.raises(EnvelopeError) as info:
-        open_envelope(data, STRANGER)
-    assert info.value.code == "envelope.undecryptable"
+        # Parse once, open later (the vault's path) gives the same envelope.
+        assert open_parsed(parse_envelope(data), key) == opened
+    for wrong in (lambda: open_envelope(data, STRANGER),
+                  lambda: open_parsed(parse_envelope(data), STRANGER),
+                  lambda: open_parsed(parse_envelope(data), VAULT,
+                                      sender_public_key=AGENTS[0].signing_public_bytes)):
+        with pytest.raises(EnvelopeError) as info:
+            wrong()
+        assert info.value.code == "envelope.undecryptable"
 
 
 @settings(max_examples=400, deadline=None)
@@ -87,6 +95,8 @@ def test_any_flipped_bit_anywhere_fails(index: int, bit: int, opener: Encryption
     data[index] ^= 1 << bit
     with pytest.raises(EnvelopeError):
         open_envelope(bytes(data), opener)
+    with pytest.raises(EnvelopeError):
+        open_parsed(parse_envelope(bytes(data)), opener)
 
 
 def _move(data: bytes, field: str, value: Any, *, resign: bool) -> bytes:

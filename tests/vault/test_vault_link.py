@@ -13,7 +13,7 @@ import struct
 
 import nacl.utils
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import ClientSession, WSMsgType, web
 
 from controller_vault.config import VaultConfig
 from controller_vault.link_client import VaultLink, backoff_delay, relay_origin
@@ -324,3 +324,36 @@ async def test_a_batched_frame_of_exactly_the_size_bound_is_read(vault, peer_ser
     assert peer.sessions == 1 and await vault.envelope_count() == len(items)
     assert metrics.registry.get_sample_value(
         "vault_rejected_envelopes_total", {"reason": "link.bad_frame"}) is None
+
+
+async def test_a_batch_closes_after_batch_wait_ms_of_quiet_not_of_its_first_frame(vault):
+    # Frames 30 ms apart for 0.36 s keep one batch open past its first 200 ms window (the
+    # deadline moves on with the frames); a 0.6 s pause closes it; batch_max caps one.
+    gaps = [0.03] * 12 + [0.6, 0.0, 0.0] + [0.6] + [0.0] * 19
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for seq, gap in enumerate(gaps, start=1):
+            await asyncio.sleep(gap)
+            await ws.send_bytes(encode_outbox_frame(seq, b"envelope"))
+        await asyncio.sleep(5)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    cfg = VaultConfig(account="clinic", state_dir=str(vault.state), batch_max=16,
+                      batch_wait_ms=200)
+    link = VaultLink(cfg, vault.keys, vault.ingestor, VaultMetrics())
+    try:
+        async with ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
+            batches = [[seq for seq, _ in await link._collect(ws)] for _ in range(4)]
+    finally:
+        await runner.cleanup()
+    assert batches == [list(range(1, 13)), [13, 14, 15], list(range(16, 32)),
+                       list(range(32, 36))]

@@ -93,6 +93,19 @@ def test_text_without_digits_is_unchanged(text: str) -> None:
     assert redact(text, RULES) == (text, {})
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=300))
+@example(text="card \u0664\u0661\u0661\u0661 1111 1111 1111 1111")  # Arabic-Indic digits
+@example(text="4111 1111 1111 1111")
+def test_the_digit_pre_check_counts_what_the_rules_can_match(text: str) -> None:
+    # The pre-check decides which scans run: it must count exactly the \d the rules see,
+    # Unicode digits included (its ASCII shortcut is only taken for ASCII text).
+    from controller_vault.staff.redaction import _DIGIT, _digit_count
+
+    assert _digit_count(text) == len(_DIGIT.findall(text))
+    assert _digit_count(text + "12") == len(_DIGIT.findall(text)) + 2
+
+
 @pytest.mark.parametrize(("text", "kind"), [
     ("ssn 123-45-6789.", "us_ssn"), ("ssn 123 45 6789", "us_ssn"),
     ("nino AB123456C", "uk_nino"), ("nino ab 12 34 56 c", "uk_nino"),
