@@ -51,7 +51,7 @@ from envelope import (
     OpenedEnvelope,
     decode_body,
     envelope_hash,
-    open_parsed,
+    open_envelope,
     parse_envelope,
     sign_receipt,
 )
@@ -112,7 +112,7 @@ def open_and_check(data: bytes, keys: VaultKeys) -> tuple[OpenedEnvelope, dict[s
         if kid is None:
             raise IngestRejected("no vault key of ours is a recipient",
                                  code="vault.not_recipient")
-        opened = open_parsed(parsed, keys.encryption_keys[kid])
+        opened = open_envelope(parsed, keys.encryption_keys[kid])
     except IngestRejected:
         raise
     except EnvelopeError as exc:

@@ -53,7 +53,6 @@ from .sealing import (
     envelope_hash,
     new_envelope_id,
     open_envelope,
-    open_parsed,
     parse_envelope,
     seal,
 )
@@ -109,7 +108,6 @@ __all__ = [
     "link_features",
     "new_envelope_id",
     "open_envelope",
-    "open_parsed",
     "parse_envelope",
     "receipt_hash",
     "seal",

@@ -94,7 +94,6 @@ __all__ = [
     "envelope_hash",
     "new_envelope_id",
     "open_envelope",
-    "open_parsed",
     "pad",
     "parse_envelope",
     "seal",
@@ -405,7 +404,7 @@ def check_shape(
 
 
 def open_envelope(
-    data: bytes,
+    data: bytes | ParsedEnvelope,
     recipient: EncryptionKey,
     *,
     account: str | None = None,
@@ -414,30 +413,17 @@ def open_envelope(
 ) -> OpenedEnvelope:
     """Verify and decrypt as ``recipient``; optional pins for account, engagement and sender.
 
-    Structural problems raise their typed error; every cryptographic failure (bad
-    signature, not a recipient, tampered key or body, bad padding) raises the same
-    opaque DecryptionError.
+    ``data`` may be what :func:`parse_envelope` made of the bytes (a caller that checks
+    the header first, as the vault does, then parses once). Structural problems raise
+    their typed error; every cryptographic failure (bad signature, not a recipient,
+    tampered key or body, bad padding) raises the same opaque DecryptionError.
     """
-    parsed = parse_envelope(data)
+    parsed = data if isinstance(data, ParsedEnvelope) else parse_envelope(data)
     header = parsed.header
     if account is not None and header.account != account:
         raise BindingError("envelope is for another account", code="envelope.wrong_account")
     if engagement is not None and header.engagement != engagement:
         raise BindingError("envelope is for another engagement", code="envelope.wrong_engagement")
-    return open_parsed(parsed, recipient, sender_public_key=sender_public_key)
-
-
-def open_parsed(
-    parsed: ParsedEnvelope, recipient: EncryptionKey, *, sender_public_key: bytes | None = None,
-) -> OpenedEnvelope:
-    """:func:`open_envelope` for an envelope :func:`parse_envelope` already split.
-
-    For a caller that checks the parsed header before opening (the vault: account,
-    recipient) so the envelope is parsed once. ``parsed`` must come from parse_envelope:
-    its header fields are trusted as read from the signed bytes. Same opaque
-    DecryptionError for every cryptographic failure.
-    """
-    header = parsed.header
     try:
         # A pinned sender stops a hostile relay from re-signing with its own key.
         if sender_public_key is not None and sender_public_key != header.sender_public_key:

@@ -27,7 +27,6 @@ from envelope import (
     envelope_hash,
     link_auth_response,
     open_envelope,
-    open_parsed,
     parse_envelope,
     seal,
     sign_agent_certificate,
@@ -77,11 +76,11 @@ def test_round_trip_for_every_recipient(body: bytes, n_agents: int, kind: str, s
                                sender_public_key=VISITOR.signing_public_bytes)
         assert opened.body == body
         # Parse once, open later (the vault's path) gives the same envelope.
-        assert open_parsed(parse_envelope(data), key) == opened
+        assert open_envelope(parse_envelope(data), key) == opened
     for wrong in (lambda: open_envelope(data, STRANGER),
-                  lambda: open_parsed(parse_envelope(data), STRANGER),
-                  lambda: open_parsed(parse_envelope(data), VAULT,
-                                      sender_public_key=AGENTS[0].signing_public_bytes)):
+                  lambda: open_envelope(parse_envelope(data), STRANGER),
+                  lambda: open_envelope(parse_envelope(data), VAULT,
+                                        sender_public_key=AGENTS[0].signing_public_bytes)):
         with pytest.raises(EnvelopeError) as info:
             wrong()
         assert info.value.code == "envelope.undecryptable"
@@ -96,7 +95,7 @@ def test_any_flipped_bit_anywhere_fails(index: int, bit: int, opener: Encryption
     with pytest.raises(EnvelopeError):
         open_envelope(bytes(data), opener)
     with pytest.raises(EnvelopeError):
-        open_parsed(parse_envelope(bytes(data)), opener)
+        open_envelope(parse_envelope(bytes(data)), opener)
 
 
 def _move(data: bytes, field: str, value: Any, *, resign: bool) -> bytes:
