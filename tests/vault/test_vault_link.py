@@ -132,6 +132,14 @@ async def _stop(task: asyncio.Task) -> None:
         await task
 
 
+async def _until_reconnected(peer, tries: int = 200) -> None:
+    """Wait (bounded: tries x 20 ms) until the link has dialed the peer twice."""
+    for _ in range(tries):
+        if peer.sessions >= 2:
+            return
+        await asyncio.sleep(0.02)
+
+
 def _link(vault, url: str, metrics: VaultMetrics | None = None) -> VaultLink:
     cfg = VaultConfig(account="clinic", state_dir=str(vault.state), relay_url=url,
                       batch_max=16, batch_wait_ms=10, backoff_initial_s=0.05,
@@ -179,10 +187,7 @@ async def test_link_refuses_a_challenge_for_another_origin(vault, peer_server):
     link = _link(vault, await peer_server(peer))
     task = asyncio.create_task(link.run())
     try:
-        for _ in range(100):
-            if peer.sessions >= 2:
-                break
-            await asyncio.sleep(0.02)
+        await _until_reconnected(peer, 100)
     finally:
         await _stop(task)
     assert peer.sessions >= 2 and peer.auth_ok == 0
@@ -214,10 +219,7 @@ async def test_locked_store_means_no_ack_then_redelivery_after_reconnect(vault, 
     link = _link(vault, await peer_server(peer))
     task = asyncio.create_task(link.run())
     try:
-        for _ in range(200):
-            if peer.sessions >= 2:
-                break
-            await asyncio.sleep(0.02)
+        await _until_reconnected(peer)
         assert peer.sessions >= 2 and peer.acked == []
         assert await vault.envelope_count() == 0
         lock.rollback()
@@ -282,10 +284,7 @@ async def test_a_ready_frame_with_features_not_offered_closes_the_link(
     link = VaultLink(cfg, vault.keys, vault.ingestor, VaultMetrics(), rng=random.Random(1))
     task = asyncio.create_task(link.run())
     try:
-        for _ in range(200):
-            if peer.sessions >= 2:
-                break
-            await asyncio.sleep(0.02)
+        await _until_reconnected(peer)
     finally:
         await _stop(task)
     assert peer.sessions >= 2 and link.last_close_code == "link.bad_frame"
