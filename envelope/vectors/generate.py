@@ -11,7 +11,6 @@ place each, re-signed by the honest sender where the case needs only one failure
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pathlib
 import struct
@@ -22,43 +21,32 @@ from typing import Any
 import nacl.bindings
 
 from envelope import limits
-from envelope._codec import b64d, b64e, canonical_json
+from envelope._codec import b64e, canonical_json
 from envelope._signed import sign_body
 from envelope.bodies import encode_body
-from envelope.keys import EncryptionKey, IdentityKey, PartyKeys, fingerprint, key_id
+from envelope.keys import fingerprint, key_id
 from envelope.link import link_auth_response, sign_erasure_notice
-from envelope.receipts import sign_receipt
 from envelope.sealing import _seal_with, _sealed_box_with, envelope_hash
 from envelope.statements import sign_agent_certificate, sign_vault_key_statement
+from envelope.vectors.fixtures import (
+    _ACCOUNT,
+    _ENC_KEYS,
+    _ENG,
+    _IDENTITY,
+    _OTHER_IDENTITY,
+    _PARTIES,
+    _RELAY_ORIGIN,
+    _STATEMENT_DOMAIN,
+    _VAULT,
+    _Case,
+    _rand,
+)
 from envelope.vectors.outbox_cases import outbox_frame_cases
+from envelope.vectors.receipt_cases import _flip_sig, _receipt_cases
 
 __all__ = ["build_vectors", "main", "render"]
 
 _OUT = pathlib.Path(__file__).resolve().parent / "v1.json"
-_STATEMENT_DOMAIN = b"compliance-relay/v1/statement\x00"
-_RECEIPT_DOMAIN = b"compliance-relay/v1/receipt\x00"
-_ACCOUNT, _ENG = "clinic-1", "eng-0000000000000001"
-_RELAY_ORIGIN = "https://relay.example"
-_Case = dict[str, Any]
-
-
-def _rand(label: str, n: int = 32) -> bytes:
-    """Fixed 'randomness' for one labelled use (never used outside vector generation)."""
-    return hashlib.blake2b(label.encode(), digest_size=n, person=b"cr-vectors-v1").digest()
-
-
-def _party(label: str) -> PartyKeys:
-    return PartyKeys.from_secrets(_rand(label + "/x25519"), _rand(label + "/ed25519"))
-
-
-_IDENTITY = IdentityKey.from_seed(_rand("identity"))
-_OTHER_IDENTITY = IdentityKey.from_seed(_rand("other-identity"))
-_VAULT = EncryptionKey.from_secret(_rand("vault/x25519"))
-_PARTIES = {name: _party(name) for name in ("visitor", "agent", "bot", "relay", "stranger")}
-_EXTRA = [EncryptionKey.from_secret(_rand(f"extra-{i}/x25519")) for i in range(9)]
-_ENC_KEYS: dict[str, EncryptionKey] = {
-    "vault": _VAULT, **{n: p.encryption for n, p in _PARTIES.items()},
-    **{f"extra-{i}": k for i, k in enumerate(_EXTRA)}}
 
 
 def _keys_section() -> dict[str, Any]:
@@ -187,46 +175,6 @@ def _statement_cases() -> tuple[list[_Case], list[_Case]]:
     ]
     invalid = [{"name": n, "type": "statement", "input": w, "operation": op, "error": code}
                for n, w, op, code in bad]
-    return valid, invalid
-
-
-def _flip_sig(wire: dict[str, str]) -> dict[str, str]:
-    sig = bytearray(b64d(wire["sig"], length=64))
-    sig[0] ^= 0x01
-    return dict(wire, sig=b64e(bytes(sig)))
-
-
-def _receipt_cases() -> tuple[list[_Case], list[_Case]]:
-    h = envelope_hash(b"example envelope")
-    items = [(_ENG, b64e(_rand(f"receipt/id/{i}", 16)), envelope_hash(bytes([i])))
-             for i in range(3)]
-    single = sign_receipt(_IDENTITY, account=_ACCOUNT, items=[(_ENG, "A" * 22, h)])
-    batch = sign_receipt(_IDENTITY, account=_ACCOUNT, items=items)
-    op = {"op": "verify_receipt", "identity": "identity", "account": _ACCOUNT}
-    valid = [
-        {"name": "receipt-single", "type": "receipt", "input": single, "operation": op,
-         "expect": {"items": [[_ENG, "A" * 22, h]]}},
-        {"name": "receipt-batched", "type": "receipt", "input": batch, "operation": op,
-         "expect": {"items": [list(i) for i in items]}},
-    ]
-
-    def custom(body: dict[str, Any]) -> dict[str, str]:
-        return sign_body(_IDENTITY, _RECEIPT_DOMAIN, body)
-
-    base = {"t": "receipt", "v": 1, "acct": _ACCOUNT}
-    vks = sign_vault_key_statement(_IDENTITY, account=_ACCOUNT, key=_VAULT.public_bytes,
-                                   not_before=0, not_after=1)
-    bad: list[tuple[str, object, dict[str, Any]]] = [
-        ("receipt-flipped-signature", _flip_sig(batch), op),
-        ("receipt-other-account", batch, dict(op, account="clinic-2")),
-        ("receipt-other-identity", batch, dict(op, identity="other-identity")),
-        ("receipt-bad-hash", custom(base | {"items": [[_ENG, "A" * 22, "XY" * 32]]}), op),
-        ("receipt-empty", custom(base | {"items": []}), op),
-        ("receipt-statement-domain", vks, op),
-        ("receipt-unknown-version", custom(base | {"v": 2, "items": [[_ENG, "A" * 22, h]]}), op),
-    ]
-    invalid = [{"name": n, "type": "receipt", "input": w, "operation": o,
-                "error": "receipt.invalid"} for n, w, o in bad]
     return valid, invalid
 
 
