@@ -11,6 +11,8 @@ from typing import Any
 
 from envelope.keys import EncryptionKey, IdentityKey, PartyKeys
 
+__all__: list[str] = []  # private to the vectors package: generate.py and its case modules
+
 _STATEMENT_DOMAIN = b"compliance-relay/v1/statement\x00"
 _RECEIPT_DOMAIN = b"compliance-relay/v1/receipt\x00"
 _ACCOUNT, _ENG = "clinic-1", "eng-0000000000000001"

@@ -42,7 +42,7 @@ from envelope.vectors.fixtures import (
     _rand,
 )
 from envelope.vectors.outbox_cases import outbox_frame_cases
-from envelope.vectors.receipt_cases import _flip_sig, _receipt_cases
+from envelope.vectors.receipt_cases import flip_sig, receipt_cases
 
 __all__ = ["build_vectors", "main", "render"]
 
@@ -161,7 +161,7 @@ def _statement_cases() -> tuple[list[_Case], list[_Case]]:
         ("statement-not-yet-valid", vks, dict(vks_op, now=1_699_999_999), "statement.expired"),
         ("statement-wrong-account", vks, dict(vks_op, account="clinic-2"),
          "statement.wrong_account"),
-        ("statement-flipped-signature", _flip_sig(vks), vks_op, "statement.invalid"),
+        ("statement-flipped-signature", flip_sig(vks), vks_op, "statement.invalid"),
         ("statement-other-identity", vks, dict(vks_op, identity="other-identity"),
          "statement.invalid"),
         ("statement-unknown-version", body(v=2), vks_op, "statement.unsupported_version"),
@@ -386,7 +386,7 @@ def build_vectors() -> dict[str, Any]:
     other = _envelope_case("other", "", recipients=["vault", "agent"], body=b"other text")
     agent_only = _envelope_case("agent-only", "", recipients=["agent"], body=b"x")
     s_valid, s_invalid = _statement_cases()
-    r_valid, r_invalid = _receipt_cases()
+    r_valid, r_invalid = receipt_cases()
     l_valid, l_invalid = _link_cases()
     o_valid, o_invalid = outbox_frame_cases()
     return {

@@ -19,14 +19,18 @@ from envelope.vectors.fixtures import (
     _rand,
 )
 
+__all__ = ["flip_sig", "receipt_cases"]
 
-def _flip_sig(wire: dict[str, str]) -> dict[str, str]:
+
+def flip_sig(wire: dict[str, str]) -> dict[str, str]:
+    """``wire`` with one bit of its signature flipped."""
     sig = bytearray(b64d(wire["sig"], length=64))
     sig[0] ^= 0x01
     return dict(wire, sig=b64e(bytes(sig)))
 
 
-def _receipt_cases() -> tuple[list[_Case], list[_Case]]:
+def receipt_cases() -> tuple[list[_Case], list[_Case]]:
+    """The valid and the invalid receipt cases."""
     h = envelope_hash(b"example envelope")
     items = [(_ENG, b64e(_rand(f"receipt/id/{i}", 16)), envelope_hash(bytes([i])))
              for i in range(3)]
@@ -47,7 +51,7 @@ def _receipt_cases() -> tuple[list[_Case], list[_Case]]:
     vks = sign_vault_key_statement(_IDENTITY, account=_ACCOUNT, key=_VAULT.public_bytes,
                                    not_before=0, not_after=1)
     bad: list[tuple[str, object, dict[str, Any]]] = [
-        ("receipt-flipped-signature", _flip_sig(batch), op),
+        ("receipt-flipped-signature", flip_sig(batch), op),
         ("receipt-other-account", batch, dict(op, account="clinic-2")),
         ("receipt-other-identity", batch, dict(op, identity="other-identity")),
         ("receipt-bad-hash", custom(base | {"items": [[_ENG, "A" * 22, "XY" * 32]]}), op),
