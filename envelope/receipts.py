@@ -45,8 +45,8 @@ class ReceiptItem(NamedTuple):
 
 
 #: Every item of a receipt checked in one regex pass, built from the field patterns:
-#: each item is joined as ``ENG \x00 ID \x00 HASH \n``, and no field pattern admits
-#: \x00 or \n, so a join cannot be forged from inside a field.
+#: each item is joined as ``ENG \x00 ID \x00 HASH \n``; verify_receipt also counts the
+#: separators, so a field that holds them cannot pass as two items.
 _ITEMS = re.compile(f"(?:{ENGAGEMENT_PATTERN.pattern}\x00{ENVELOPE_ID_PATTERN.pattern}"
                     f"\x00{_HASH.pattern}\n)+")
 
@@ -89,8 +89,14 @@ def verify_receipt(
         if type(item) is not list or len(item) != 3:
             raise ReceiptError("bad receipt item")
         fields += item
-    if not all(type(f) is str for f in fields) or not _ITEMS.fullmatch(
-            "".join(f"{a}\x00{b}\x00{c}\n" for a, b, c in zip(*[iter(fields)] * 3,
-                                                              strict=True))):
+    if not all(type(f) is str for f in fields):
+        raise ReceiptError("bad receipt item")
+    joined = "".join(f"{a}\x00{b}\x00{c}\n" for a, b, c in zip(*[iter(fields)] * 3,
+                                                               strict=True))
+    # The separators counted too: a field holding "\x00...\n" would otherwise read as
+    # two valid items joined (the patterns admit neither character, so the counts are
+    # exactly the joins' when every field is clean).
+    if joined.count("\n") != len(items) or joined.count("\x00") != 2 * len(items) \
+            or not _ITEMS.fullmatch(joined):
         raise ReceiptError("bad receipt item")
     return [ReceiptItem(*item) for item in items]

@@ -229,3 +229,12 @@ def test_receipt_with_valid_items_verifies(items: list[tuple[str, str, str]]) ->
     got = verify_receipt(sign_receipt(ident, account="clinic", items=items),
                          ident.public_bytes, account="clinic")
     assert [tuple(g) for g in got] == items
+
+
+def test_a_field_holding_the_item_separators_is_not_read_as_two_items() -> None:
+    # Found in review: joined, this one item reads as two valid ones to the item regex.
+    forged = ["engaaaaa\x00" + "A" * 22 + "\x00" + "0" * 64 + "\nengbbbbb", "A" * 22, "0" * 64]
+    ident = IdentityKey.generate()
+    wire = sign_receipt(ident, account="clinic", items=[forged])  # type: ignore[list-item]
+    with pytest.raises(ReceiptError):
+        verify_receipt(wire, ident.public_bytes, account="clinic")
