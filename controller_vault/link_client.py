@@ -230,7 +230,17 @@ class VaultLink:
                         decode_outbox_frame(msg.data)]
                 except EnvelopeError:
                     self._metrics.rejected.labels(reason="link.bad_frame").inc()
-                    continue
+                    if not self.batched:
+                        continue  # one entry lost: the relay's window loses one slot
+                    # A batch names up to a whole window of entries the vault can neither
+                    # store nor reject: carrying on would stall the link (the relay waits
+                    # for receipts that never come). Commit what arrived, then close: the
+                    # relay sends everything unacknowledged again on the next link.
+                    while frames:
+                        await self._ingest_and_ack(ws, frames)
+                        frames, self._pending = self._pending[:limit], self._pending[limit:]
+                    await ws.close(code=4400, message=b"link.bad_frame")
+                    raise _Closed("link.bad_frame") from None
                 room = limit - len(frames)
                 frames += entries[:room]
                 self._pending += entries[room:]

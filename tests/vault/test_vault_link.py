@@ -48,6 +48,7 @@ class RelayPeer:
     all_acked: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     ready_extra: dict = dataclasses.field(default_factory=dict)  # e.g. {"features": [...]}
     binary: list[bytes] | None = None  # sent instead of one outbox frame per entry
+    binary_by_session: list[list[bytes]] | None = None  # session n sends item n (the last)
     auth_frames: list[dict] = dataclasses.field(default_factory=list)
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
@@ -70,9 +71,12 @@ class RelayPeer:
         self.auth_ok += 1
         await ws.send_json({"type": "ready", "backlog": len(self.outbox), "window": 64}
                            | self.ready_extra)
-        for frame in self.binary or []:
+        binary = self.binary
+        if self.binary_by_session:
+            binary = self.binary_by_session[min(self.sessions, len(self.binary_by_session)) - 1]
+        for frame in binary or []:
             await ws.send_bytes(frame)
-        for n, (seq, env) in enumerate([] if self.binary else sorted(self.outbox.items())):
+        for n, (seq, env) in enumerate([] if binary else sorted(self.outbox.items())):
             if self.drop_after is not None and self.sessions == 1 and n == self.drop_after:
                 await ws.close(code=1001, message=b"going-away")
                 return ws
@@ -247,7 +251,8 @@ async def test_a_relay_from_before_features_gets_the_old_link(vault, peer_server
     assert set(peer.auth_frames[0]) == {"type", "account", "identity_key", "sig", "features"}
 
 
-async def test_bad_batched_frames_are_counted_and_the_good_ones_stored(vault, peer_server):
+async def test_each_bad_batched_frame_closes_the_link_then_the_good_one_is_stored(
+        vault, peer_server):
     outbox = _outbox(vault, 7)
     items = sorted(outbox.items())
     good = encode_outbox_batches(items)[0]
@@ -256,16 +261,21 @@ async def test_bad_batched_frames_are_counted_and_the_good_ones_stored(vault, pe
     bad = [b"\xb1\x00", good + b"\x00",  # truncated; trailing byte
            encode_outbox_frame(*items[0]),  # a single frame where batches were agreed
            reordered]
+    # A bad batch names entries the vault can neither store nor reject: it closes the
+    # link (else the relay's window would wait for them forever) and the relay, here
+    # the next session, sends again.
     peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox),
-                     ready_extra={"features": ["outbox-batch"]}, binary=[*bad, good])
+                     ready_extra={"features": ["outbox-batch"]},
+                     binary_by_session=[*([b] for b in bad), [good]])
     metrics = VaultMetrics()
     link = _link(vault, await peer_server(peer), metrics)  # batch_max 16 > 7
     task = asyncio.create_task(link.run())
     try:
-        await asyncio.wait_for(peer.all_acked.wait(), 10)
+        await asyncio.wait_for(peer.all_acked.wait(), 20)
     finally:
         await _stop(task)
     assert link.batched and await vault.envelope_count() == 7
+    assert peer.sessions == len(bad) + 1
     assert metrics.registry.get_sample_value(
         "vault_rejected_envelopes_total", {"reason": "link.bad_frame"}) == len(bad)
 
