@@ -89,6 +89,22 @@ source_stamp() {
     fi
 }
 
+# pip install ARGS... PACKAGE, with the optional EXTRAS (the relay's `fast`: uvloop)
+# when they install; without them otherwise (no wheel for this platform, an offline
+# wheel directory without one): they are speed-ups the service runs without.
+pip_install() {
+    local package=${*: -1}
+    local args=("${@:1:$#-1}")
+    if [[ -n ${EXTRAS:-} ]]; then
+        if "$VENV/bin/pip" install -q --disable-pip-version-check "${args[@]}" \
+            "$package$EXTRAS"; then
+            return
+        fi
+        log "the optional $EXTRAS extra did not install; installing without it"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${args[@]}" "$package"
+}
+
 ensure_venv() {
     local stamp_file="$PREFIX/.installed-from" stamp
     if [[ $NO_VENV == 1 ]]; then
@@ -102,8 +118,7 @@ ensure_venv() {
     fi
     [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
     if [[ -n $WHEEL_DIR ]]; then
-        "$VENV/bin/pip" install -q --disable-pip-version-check --find-links "$WHEEL_DIR" \
-            "compliance-relay${EXTRAS:-}"
+        pip_install --find-links "$WHEEL_DIR" compliance-relay
     else
         # Build from a clean copy of the package sources: setuptools keeps a build/
         # directory in the tree it builds, and a module deleted from the checkout
@@ -112,7 +127,7 @@ ensure_venv() {
         tree=$(mktemp -d)
         tar -C "$SOURCE" --exclude=__pycache__ -cf - pyproject.toml README.md envelope relay \
             controller_vault | tar -C "$tree" -xf -
-        "$VENV/bin/pip" install -q --disable-pip-version-check "$tree${EXTRAS:-}"
+        pip_install "$tree"
         rm -rf "$tree"
     fi
     printf '%s\n' "$stamp" >"$stamp_file"
