@@ -95,6 +95,7 @@ class SqliteStore(LinkStoreMixin):
         await self._committer.open()
         self.path.chmod(0o600)
         await self._committer.run_alone(_migrate)
+        await self._committer.run_alone(_recount_outbox)
         self._reader = await self._connect()
         self._committer.start()
 
@@ -429,6 +430,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(stmt)
             conn.execute(f"PRAGMA user_version={int(version)}")
             conn.execute("COMMIT")
+
+
+def _recount_outbox(conn: sqlite3.Connection) -> None:
+    """Outbox totals recounted at every start (one scan): a relay older than schema 004
+    run on this file meanwhile (a downgrade) moved rows without moving the totals."""
+    conn.execute("UPDATE outbox_counters SET entries = (SELECT count(*) FROM outbox o"
+                 " WHERE o.account = outbox_counters.account), bytes = (SELECT"
+                 " coalesce(sum(length(o.data)), 0) FROM outbox o"
+                 " WHERE o.account = outbox_counters.account)")
 
 
 def _statements(sql: str) -> list[str]:

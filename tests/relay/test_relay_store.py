@@ -103,6 +103,28 @@ async def test_outbox_totals_match_a_recount_after_every_kind_of_write(
     await store.close()
 
 
+async def test_outbox_totals_are_recounted_at_open(tmp_path: pathlib.Path) -> None:
+    """A relay older than schema 004 run on the file (a downgrade) moves rows without
+    moving the totals: the next start counts them again."""
+    import sqlite3
+
+    path = tmp_path / "r.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    await store.append_outbox([_entry(i) for i in range(1, 6)])
+    await store.close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM outbox WHERE seq <= 2")  # as an old relay's receipts would
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    await store.open()
+    stats = await store.outbox_stats("clinic")
+    assert (stats.entries, stats.total_bytes, stats.oldest_created_at) == \
+        (3, sum(len(_entry(i).data) for i in (3, 4, 5)), 3)
+    await store.close()
+
+
 async def test_a_large_receipt_is_applied_in_chunks_and_counted_whole(
         tmp_path: pathlib.Path) -> None:
     """A receipt over more items than one write takes: every match deleted, each
