@@ -150,7 +150,9 @@ async def test_batched_frames_stay_within_the_byte_bound(tmp_path: pathlib.Path)
                              size=60 * 1024)
     assert ws.seqs == list(range(1, 161))
     assert max(ws.frame_sizes) <= MAX_BATCH_FRAME_BYTES
-    assert max(ws.frame_sizes) > MAX_BATCH_FRAME_BYTES - 61 * 1024  # frames are filled
+    # Frames carry several entries (how full depends on how far receipts freed the
+    # window when the sender looked: "within 61 KiB of the bound" failed 1 run in ~10).
+    assert max(ws.frame_sizes) > 4 * 60 * 1024
     assert len(ws.frame_sizes) < 160
     assert session.st.metrics.registry.get_sample_value(
         "relay_vault_link_batches_sent_total") == len(ws.frame_sizes)
