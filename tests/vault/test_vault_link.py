@@ -152,16 +152,23 @@ def _link(vault, url: str, metrics: VaultMetrics | None = None) -> VaultLink:
                      rng=random.Random(1))
 
 
+async def _until_acked(vault, peer, url: str, metrics: VaultMetrics | None = None,
+                       timeout: float = 10) -> VaultLink:
+    """Run a link to ``peer`` until it has every entry acknowledged (bounded), then stop."""
+    link = _link(vault, url, metrics)
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(peer.all_acked.wait(), timeout)
+    finally:
+        await _stop(task)
+    return link
+
+
 async def test_link_ingests_the_outbox_and_acknowledges_after_commit(vault, peer_server):
     outbox = _outbox(vault, 50)
     peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox))
     metrics = VaultMetrics()
-    link = _link(vault, await peer_server(peer), metrics)
-    task = asyncio.create_task(link.run())
-    try:
-        await asyncio.wait_for(peer.all_acked.wait(), 10)
-    finally:
-        await _stop(task)
+    await _until_acked(vault, peer, await peer_server(peer), metrics)
     assert peer.auth_ok == 1 and not peer.outbox
     assert sorted(peer.acked) == sorted(envelope_hash(e) for e in outbox.values())
     assert await vault.envelope_count() == 50
@@ -173,12 +180,7 @@ async def test_link_ingests_the_outbox_and_acknowledges_after_commit(vault, peer
 async def test_link_reconnects_and_redelivery_is_stored_once(vault, peer_server):
     outbox = _outbox(vault, 40)
     peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox), drop_after=25)
-    link = _link(vault, await peer_server(peer))
-    task = asyncio.create_task(link.run())
-    try:
-        await asyncio.wait_for(peer.all_acked.wait(), 10)
-    finally:
-        await _stop(task)
+    await _until_acked(vault, peer, await peer_server(peer))
     assert peer.sessions >= 2
     assert await vault.envelope_count() == 40
     ids = {parse_envelope(e).header.envelope_id for e in outbox.values()}
@@ -240,12 +242,7 @@ async def test_a_relay_from_before_features_gets_the_old_link(vault, peer_server
     # as such, and the auth frame differs from an old vault's by that field alone.
     outbox = _outbox(vault, 30)
     peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox))
-    link = _link(vault, await peer_server(peer))
-    task = asyncio.create_task(link.run())
-    try:
-        await asyncio.wait_for(peer.all_acked.wait(), 10)
-    finally:
-        await _stop(task)
+    link = await _until_acked(vault, peer, await peer_server(peer))
     assert not link.batched and await vault.envelope_count() == 30
     assert peer.auth_frames[0]["features"] == ["outbox-batch"]
     assert set(peer.auth_frames[0]) == {"type", "account", "identity_key", "sig", "features"}
@@ -268,12 +265,8 @@ async def test_each_bad_batched_frame_closes_the_link_then_the_good_one_is_store
                      ready_extra={"features": ["outbox-batch"]},
                      binary_by_session=[*([b] for b in bad), [good]])
     metrics = VaultMetrics()
-    link = _link(vault, await peer_server(peer), metrics)  # batch_max 16 > 7
-    task = asyncio.create_task(link.run())
-    try:
-        await asyncio.wait_for(peer.all_acked.wait(), 20)
-    finally:
-        await _stop(task)
+    # batch_max 16 > 7
+    link = await _until_acked(vault, peer, await peer_server(peer), metrics, timeout=20)
     assert link.batched and await vault.envelope_count() == 7
     assert peer.sessions == len(bad) + 1
     assert metrics.registry.get_sample_value(
@@ -324,12 +317,7 @@ async def test_a_batched_frame_of_exactly_the_size_bound_is_read(vault, peer_ser
     peer = RelayPeer(vault.keys.identity.public_bytes, dict(outbox),
                      ready_extra={"features": ["outbox-batch"]}, binary=frames)
     metrics = VaultMetrics()
-    link = _link(vault, await peer_server(peer), metrics)
-    task = asyncio.create_task(link.run())
-    try:
-        await asyncio.wait_for(peer.all_acked.wait(), 10)
-    finally:
-        await _stop(task)
+    await _until_acked(vault, peer, await peer_server(peer), metrics)
     assert peer.sessions == 1 and await vault.envelope_count() == len(items)
     assert metrics.registry.get_sample_value(
         "vault_rejected_envelopes_total", {"reason": "link.bad_frame"}) is None
