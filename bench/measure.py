@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import servers  # type: ignore[import-not-found]
 from loadgen import MEASURED, MEASURING  # type: ignore[import-not-found]
 from relay_load import agent_names, provision  # type: ignore[import-not-found]
 from servers import (  # type: ignore[import-not-found]
@@ -63,11 +65,13 @@ class Sizes:
 def loadgen(url: str, kind: str, pairs: int, duration: float, *, procs: int,
             rate: float | None = None, count: int | None = None,
             setup: pathlib.Path | None = None, per_agent: int = 1, window: int = 4,
-            server_pid: int | None = None) -> dict[str, Any]:
+            server_pid: int | None = None,
+            probes: dict[str, Callable[[], float]] | None = None) -> dict[str, Any]:
     """One bench/loadgen.py run (a separate process tree); its JSON summary.
 
     With ``server_pid``, adds the server's CPU time per delivered message over the
-    measured window: steadier than msgs/s on a machine shared with other work.
+    measured window: steadier than msgs/s on a machine shared with other work. Each of
+    ``probes`` is read at the window's start and end too; its change is ``window_NAME``.
     """
     argv = [sys.executable, str(BENCH / "loadgen.py"), "--url", url, "--kind", kind,
             "--pairs", str(pairs), "--duration", str(duration), "--procs", str(procs),
@@ -79,14 +83,18 @@ def loadgen(url: str, kind: str, pairs: int, duration: float, *, procs: int,
     if setup:
         argv += ["--relay-setup", str(setup), "--per-agent", str(per_agent)]
     marks: dict[str, float] = {}
+    probed: dict[str, dict[str, float]] = {}
     errors: list[str] = []
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=ROOT) as proc:
         def read_stderr() -> None:
             assert proc.stderr is not None
             for line in proc.stderr:
-                if line.strip() in (MEASURING, MEASURED) and server_pid:
-                    marks[line.strip()] = cpu_seconds(server_pid)
+                mark = line.strip()
+                if mark in (MEASURING, MEASURED) and (server_pid or probes):
+                    if server_pid:
+                        marks[mark] = cpu_seconds(server_pid)
+                    probed[mark] = {k: read() for k, read in (probes or {}).items()}
                 else:
                     errors.append(line)
         reader = threading.Thread(target=read_stderr, daemon=True)
@@ -107,6 +115,14 @@ def loadgen(url: str, kind: str, pairs: int, duration: float, *, procs: int,
     if MEASURING in marks and MEASURED in marks and result["received"]:
         result["server_cpu_us_per_msg"] = round(
             1e6 * (marks[MEASURED] - marks[MEASURING]) / result["received"], 1)
+    if MEASURING in probed and MEASURED in probed:
+        for k in probed[MEASURED]:
+            result[f"window_{k}"] = probed[MEASURED][k] - probed[MEASURING][k]
+    if result.get("msgs_per_s") and result.get("loadgen_cpu_cores") is not None:
+        # The generator's own CPU per message: what the shared cores spent outside the
+        # server (sealing is done before the window; this is sockets and bookkeeping).
+        result["loadgen_cpu_us_per_msg"] = round(
+            1e6 * result["loadgen_cpu_cores"] / result["msgs_per_s"], 1)
     return result
 
 
@@ -195,7 +211,9 @@ def _relay_load(tmp: pathlib.Path, name: str, sizes: Sizes, pairs: int, *,
                                   else _stock(sizes, pairs, sizes.duration))
                 result = loadgen(srv.url, "relay", pairs, sizes.duration, procs=sizes.procs,
                                  rate=rate, count=stock, setup=setup, per_agent=per_agent,
-                                 window=window, server_pid=srv.pid)
+                                 window=window, server_pid=srv.pid,
+                                 probes=_vault_probes(run))
+                result.update(_vault_cost(result))
                 result["server_rss_kib"] = rss_kib(srv.pid)
                 result["outbox_backlog"] = metric(srv.url, "relay_outbox_backlog")
                 result.update(drain(run))
@@ -208,6 +226,35 @@ def _relay_load(tmp: pathlib.Path, name: str, sizes: Sizes, pairs: int, *,
             print(f"[{name}: relay refused a fresh agent token; retrying once]",
                   file=sys.stderr, flush=True)
     raise AssertionError("unreachable")
+
+
+def _vault_probes(run: RelayRun) -> dict[str, Callable[[], float]]:
+    """The collecting vault's CPU and the relay's receipted deletions, read at the
+    window's marks (``servers.cpu_seconds``: ``quick.py`` wraps ``measure.cpu_seconds``
+    to split the relay's threads and must see only the relay's reads)."""
+    if run.vault is None:
+        return {}
+    vault_pid, url = run.vault.pid, run.srv.url
+    return {"vault_cpu_s": lambda: servers.cpu_seconds(vault_pid),
+            "deleted": lambda: metric(url, "relay_vault_link_deleted_total") or 0.0}
+
+
+def _vault_cost(result: dict[str, Any]) -> dict[str, Any]:
+    """The vault's CPU per envelope it took over the window (stored, receipted and the
+    relay's row deleted), and the whole path's CPU per message on the shared cores."""
+    taken, cpu = result.get("window_deleted"), result.get("window_vault_cpu_s")
+    if not taken or cpu is None:
+        return {}
+    vault_us = round(1e6 * cpu / taken, 1)
+    out: dict[str, Any] = {"vault_cpu_us_per_env": vault_us}
+    relay_us, gen_us = result.get("server_cpu_us_per_msg"), result.get("loadgen_cpu_us_per_msg")
+    if relay_us is not None and gen_us is not None:
+        out["path_cpu_us_per_msg"] = round(relay_us + vault_us + gen_us, 1)
+        # What these cores could carry if the relay cost nothing at all: the vault and
+        # the generator alone, each message once (a bound, not a measurement of a relay).
+        out["ceiling_msgs_per_s_relay_free"] = round(
+            (os.cpu_count() or 1) * 1e6 / (vault_us + gen_us))
+    return out
 
 
 def throughput(tmp: pathlib.Path, sizes: Sizes) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,9 @@ import measure  # type: ignore[import-not-found]
 from servers import raise_nofile  # type: ignore[import-not-found]
 
 _KEEP = ("msgs_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "p999_ms",
-         "outbox_backlog", "drain_seconds", "undelivered_at_stop", "loadgen_cpu_cores")
+         "outbox_backlog", "drain_seconds", "undelivered_at_stop", "loadgen_cpu_cores",
+         "loadgen_cpu_us_per_msg", "vault_cpu_us_per_env", "path_cpu_us_per_msg",
+         "ceiling_msgs_per_s_relay_free")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 

@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FAMILIES = {
     "throughput": 4,  # 2 sizes x (vs bare, vs socket.io)
     "server CPU per message": 4,
+    # Where the shared cores go (relay + vault + generator) and the bound that sets.
+    "path CPU per message": 2, "ceiling if the relay cost nothing": 2,
     "latency p50 ": 2, "latency p99 ": 2, "latency p999 ": 2,
     "vault ingest": 2,  # ~200-byte bodies, and 1 KiB bodies to vault + peer
     "envelope": 2,
