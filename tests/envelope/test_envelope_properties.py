@@ -238,3 +238,71 @@ def test_a_field_holding_the_item_separators_is_not_read_as_two_items() -> None:
     wire = sign_receipt(ident, account="clinic", items=[forged])  # type: ignore[list-item]
     with pytest.raises(ReceiptError):
         verify_receipt(wire, ident.public_bytes, account="clinic")
+
+
+# Values as a header can hold them (strings, integers, lists) and what it must not
+# (floats, non-ASCII text, nested objects, 64-bit overflow): the canonical check must
+# accept exactly what the json-module spelling accepted before orjson replaced it.
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                               max_size=4),
+    max_leaves=12)
+
+
+def _spellings(obj: dict[str, Any]) -> list[bytes]:
+    """The canonical spelling and near misses a peer could send."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return [canonical,
+            json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                       ensure_ascii=False).encode("utf-8", "surrogatepass"),
+            json.dumps(obj, sort_keys=True).encode(),
+            json.dumps(obj, separators=(",", ":")).encode(),
+            canonical.replace(b"1", b"1.0", 1), canonical + b" "]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=6), _json_values, max_size=6))
+def test_fast_canonical_check_accepts_what_the_json_module_accepted(
+        obj: dict[str, Any]) -> None:
+    from envelope._codec import is_canonical_ascii, load_json_object
+
+    for raw in _spellings(obj):
+        try:
+            before = json.loads(raw.decode("utf-8"))
+            old_ok = isinstance(before, dict) and canonical_json(before) == raw
+        except (UnicodeDecodeError, ValueError):
+            old_ok = False
+        try:
+            parsed = load_json_object(raw, limit=1 << 20)
+            new_ok = is_canonical_ascii(parsed, raw)
+        except MalformedError:
+            new_ok = False
+        if new_ok:
+            assert old_ok, raw  # never more permissive
+        elif old_ok:
+            # Stricter only where no header can pass anyway: a float, or text that is
+            # not ASCII once parsed (every header string is pattern-checked ASCII).
+            assert _has_float_or_non_ascii(before), raw
+
+
+def _has_float_or_non_ascii(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, str):
+        return not value.isascii()
+    if isinstance(value, list):
+        return any(_has_float_or_non_ascii(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_float_or_non_ascii(k) or _has_float_or_non_ascii(v)
+                   for k, v in value.items())
+    return False
+
+
+def test_a_header_nested_deeper_than_orjson_writes_is_refused_not_a_crash() -> None:
+    from envelope._codec import is_canonical_ascii
+
+    deep = b"[" * 300 + b"]" * 300  # read by orjson (limit 1,024), not written (255)
+    raw = b'{"a":' + deep + b"}"
+    assert is_canonical_ascii(json.loads(raw), raw) is False
