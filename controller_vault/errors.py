@@ -9,6 +9,7 @@ from envelope contents, so personal data cannot reach a log through an error.
     ├── ConfigError              vault.config                      500
     ├── KeyFileError             vault.key_file                    500
     ├── VaultExists              vault.exists                      409
+    ├── AlreadyServing           vault.already_serving             409
     ├── StoreUnavailable         vault.store_unavailable           503
     ├── DataKeyDestroyed         vault.data_key_destroyed          410
     ├── IngestRejected           envelope.* (passed through) or    400
@@ -24,6 +25,7 @@ from envelope contents, so personal data cannot reach a log through an error.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyServing",
     "AuditError",
     "ConfigError",
     "DataKeyDestroyed",
@@ -69,6 +71,13 @@ class VaultExists(VaultError):
     """``init`` found an existing vault and refused to overwrite it."""
 
     code = "vault.exists"
+    status = 409
+
+
+class AlreadyServing(VaultError):
+    """Another ``controller-vault serve`` holds this state directory's serve.lock."""
+
+    code = "vault.already_serving"
     status = 409
 
 

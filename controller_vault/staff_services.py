@@ -29,7 +29,7 @@ from .errors import DataKeyDestroyed, VaultError
 from .keyfiles import VaultKeys
 from .keystore import KeyStore
 from .staff.alerts import ALERT_KINDS, AlertDispatcher, new_alert
-from .staff.errors import StaffError
+from .staff.errors import MailRejected, StaffError
 from .staff.mailer import SmtpConfig, check_address, send_transcript
 from .staff.retention import (
     CATEGORIES,
@@ -242,10 +242,13 @@ class TranscriptMailer:
 
     Delivery is durable: ingest stores a job row with the request envelope (same
     transaction), and this worker sends due jobs, on start-up too, so a crash between
-    receipt and mail loses nothing. A failed send (``mail.send_failed``: server down,
-    refused) is retried after RETRY_DELAYS_S; after the last one the job is given up
-    (``mail.gave_up``, audited). At least once: a crash after the server accepted the
-    mail but before the job was dropped sends it again on restart.
+    receipt and mail loses nothing. A failed send (``mail.send_failed``: server down or
+    unreachable, a 4xx reply, TLS or login failing) is retried after RETRY_DELAYS_S;
+    after the last one the job is given up (``mail.gave_up``, audited). A permanent
+    refusal (``mail.rejected``: a 5xx reply to MAIL FROM, RCPT TO or DATA, such as 550
+    mailbox unavailable) ends the job at once: resending would only repeat the refusal
+    at the visitor's mail server, six times over a day. At least once: a crash after
+    the server accepted the mail but before the job was dropped sends it again on restart.
     """
 
     RETRY_DELAYS_S = (60, 300, 1800, 7200, 21600, 86400)
@@ -261,6 +264,7 @@ class TranscriptMailer:
         self._lock = asyncio.Lock()  # one sender: a job is never attempted twice at once
         self.sent = 0
         self.refused = 0
+        self.rejected = 0  # mail.rejected: the mail server refused for good (5xx)
         self.failed_attempts = 0
 
     def request(self) -> None:
@@ -312,6 +316,7 @@ class TranscriptMailer:
     async def _attempt(self, job: MailJob) -> None:
         now = int(self._clock())
         outcome = "sent"
+        smtp_code: int | None = None
         try:
             state = (await self._store.engagement_states([job.engagement])).get(job.engagement)
             pinned = state.visitor_key if state is not None else None
@@ -337,6 +342,9 @@ class TranscriptMailer:
                     bool(summary and summary.complete), rows, agents)
                 await send_transcript(self._smtp, address, transcript)
                 self.sent += 1
+        except MailRejected as exc:
+            outcome, smtp_code = exc.code, exc.smtp_code
+            self.rejected += 1
         except (StaffError, VaultError, DataKeyDestroyed) as exc:
             outcome = exc.code
         except _Refused as exc:
@@ -350,8 +358,11 @@ class TranscriptMailer:
             outcome = "mail.internal_error"
         if outcome.startswith("transcript."):
             self.refused += 1
-        # The audit names the engagement and the outcome code; never the address.
+        # The audit names the engagement and the outcome code (and the numeric SMTP
+        # reply code of a rejection); never the address nor the server's reply text.
         detail: dict[str, Any] = {"outcome": outcome}
+        if smtp_code is not None:
+            detail["smtp_code"] = smtp_code
         with contextlib.suppress(VaultError):
             if outcome == "mail.send_failed" and job.attempts < len(self.RETRY_DELAYS_S):
                 self.failed_attempts += 1
@@ -368,4 +379,5 @@ class TranscriptMailer:
                     job.envelope_id, AuditRecord("vault", "transcript-email",
                                                  "visitor-request", job.engagement, detail),
                     now)
-        log.info("transcript email for %s: %s", job.engagement, outcome)
+        log.info("transcript email for %s: %s%s", job.engagement, outcome,
+                 f" (SMTP {smtp_code})" if smtp_code is not None else "")

@@ -18,6 +18,7 @@ strings: never the token, the purpose, an address, a file name or a transcript.
     ├── ExportError              export.bad_engagement,            500
     │                            export.foreign_engagement, export.duplicate_engagement
     ├── MailError                mail.bad_recipient (400), mail.send_failed (502)
+    │   └── MailRejected         mail.rejected (502): a permanent (5xx) refusal
     └── AlertError               alert.bad_reference               500
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "ExportError",
     "ExportNameError",
     "MailError",
+    "MailRejected",
     "PurposeError",
     "ScopeDenied",
     "StaffConfigError",
@@ -107,6 +109,19 @@ class MailError(StaffError):
 
     code = "mail.send_failed"
     status = 502
+
+
+class MailRejected(MailError):
+    """The mail server refused this message for good (a 5xx reply to MAIL, RCPT or DATA).
+
+    ``smtp_code`` is the numeric reply code only: the reply text may quote the address.
+    """
+
+    code = "mail.rejected"
+
+    def __init__(self, smtp_code: int) -> None:
+        super().__init__(f"the mail server refused the message (SMTP {smtp_code})")
+        self.smtp_code = smtp_code
 
 
 class AlertError(StaffError):

@@ -13,6 +13,11 @@ smtplib runs in a worker thread (``asyncio.to_thread``) so a slow mail server ne
 blocks the event loop. Errors carry fixed messages: the recipient address and the
 server's reply (which may echo it) never reach a log line or an error body.
 
+Two kinds of failure: ``mail.rejected`` (MailRejected) when the server refuses this
+message for good, a 5xx reply to MAIL FROM, RCPT TO or DATA; ``mail.send_failed`` for
+everything that may pass (4xx replies, connection refused or reset, timeouts, TLS,
+and 5xx to EHLO, STARTTLS or AUTH, which are the vault's configuration, not the message).
+
 >>> SmtpConfig(host="127.0.0.1", port=25, security="none", from_addr="v@x.example").port
 25
 """
@@ -29,7 +34,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from .errors import MailError, StaffConfigError
+from .errors import MailError, MailRejected, StaffConfigError
 from .render import render_html, render_text
 
 __all__ = [
@@ -46,6 +51,10 @@ _SECURITY = ("starttls", "tls", "none")
 # CR and LF can never match, so no header injection through an address.
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _MAX_ADDRESS = 254
+# 530 is "authentication required" (RFC 4954) or "issue STARTTLS first": the server
+# wants the vault to log in or encrypt, whatever the message. Like a 5xx to AUTH it is
+# the vault's configuration, retried so that fixing [smtp] delivers the waiting mail.
+_CONFIG_REPLIES = frozenset({530})
 
 
 @dataclass(frozen=True)
@@ -147,12 +156,36 @@ def _send_sync(config: SmtpConfig, msg: EmailMessage) -> None:
             smtp.starttls(context=config.tls_context())
             smtp.ehlo()
         if config.username:
+            # A 5xx here (bad password, no AUTH offered) stays mail.send_failed: it is
+            # the vault's configuration, and every job would fail alike until it is fixed.
             smtp.login(config.username, config.password)
-        smtp.send_message(msg)
+        try:
+            smtp.send_message(msg)
+        except smtplib.SMTPException as exc:
+            code = _permanent_refusal(exc)
+            if code is not None:
+                raise MailRejected(code) from None
+            raise
+
+
+def _permanent_refusal(exc: smtplib.SMTPException) -> int | None:
+    """The 5xx reply code if the server refused this message for good, else None."""
+    codes: list[int]
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [int(code) for code, _reply in exc.recipients.values()]
+    elif isinstance(exc, smtplib.SMTPSenderRefused | smtplib.SMTPDataError):
+        codes = [int(exc.smtp_code)]
+    else:
+        return None  # a dropped connection, a refused EHLO: may pass
+    # Permanent only if every recipient was refused permanently: one 4xx among them
+    # means a retry can still deliver (smtplib raises only when all were refused).
+    if codes and all(500 <= c < 600 and c not in _CONFIG_REPLIES for c in codes):
+        return codes[0]
+    return None
 
 
 async def send_message(config: SmtpConfig, msg: EmailMessage) -> None:
-    """Send ``msg`` through the configured server; MailError (mail.send_failed) on failure."""
+    """Send ``msg``; MailRejected (mail.rejected) on a 5xx refusal, else MailError."""
     try:
         await asyncio.to_thread(_send_sync, config, msg)
     except MailError:

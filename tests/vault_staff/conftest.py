@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import pathlib
@@ -47,6 +48,55 @@ class Mailbox:
         if ok:
             self.logins.append(SMTP_USER)
         return AuthResult(success=ok, handled=False)
+
+
+@dataclass
+class RefusingMailbox(Mailbox):
+    """A server that answers ``reply`` to one command (MAIL, RCPT or DATA) of each message.
+
+    ``{address}`` in the reply is replaced by the address the command named, as real
+    servers echo it ("550 5.1.1 <x@y>: Recipient address rejected"): the vault must
+    keep that text out of its logs and audit. ``tries`` counts MAIL commands: one per
+    delivery attempt.
+    """
+
+    refuse: str = "RCPT"
+    reply: str = "550 5.1.1 <{address}>: mailbox unavailable"
+    tries: int = 0
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        self.tries += 1
+        if self.refuse == "MAIL":
+            return self.reply.format(address=address)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if self.refuse == "RCPT":
+            return self.reply.format(address=address)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse == "DATA":
+            return self.reply.format(address=",".join(envelope.rcpt_tos))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@contextlib.contextmanager
+def smtp_server(handler: Mailbox, port: int | None = None) -> Iterator[int]:
+    """Run a plain SMTP server with ``handler`` on 127.0.0.1 (``port`` or a free one)."""
+    port = port or _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10,
+                            auth_require_tls=False)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Transcript email is a durable job: a failed send is retried with backoff against a real
 SMTP server that comes up later, given up after the last delay, and a vault SIGKILLed
-between storing the request and sending the mail sends it after the restart."""
+between storing the request and sending the mail sends it after the restart. A 5xx
+refusal of the recipient ends the job at once; a 4xx keeps the retry schedule."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -26,7 +28,7 @@ from controller_vault.staff_services import TranscriptMailer
 from controller_vault.store import VaultStore
 from envelope import PartyKeys
 
-from .conftest import Mailbox, _free_port
+from .conftest import Mailbox, RefusingMailbox, _free_port, smtp_server
 
 pytestmark = pytest.mark.timeout(90)
 ADDRESS = "visitor@example.net"
@@ -186,3 +188,54 @@ async def test_a_send_whose_outcome_cannot_be_recorded_is_not_repeated_at_once(
     assert len(mailbox.messages) == 2  # at least once: one more send after the lease
     assert (await _outcomes(store))[-1] == {"outcome": "sent"}
     assert await store.due_mail_jobs(v.clock[0] + 10**9) == []
+
+
+def _our_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    # mail.log is aiosmtpd's own logger (the test server's side), not the vault's.
+    return [r.getMessage() for r in caplog.records if r.name != "mail.log"]
+
+
+async def test_a_5xx_refusal_ends_the_job_at_once_without_a_retry(
+        make_staff_vault, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    handler = RefusingMailbox(refuse="RCPT", reply="550 5.1.1 <{address}>: mailbox unavailable")
+    with smtp_server(handler) as port:
+        v = await make_staff_vault(StaffSettings(smtp=_smtp(port)))
+        await _request(v, "eng-reject-0001")
+        mailer, store = v.app[MAILER], v.app[STORE]
+        await asyncio.wait_for(mailer.drain(), 30)
+        assert handler.tries == 1
+        # Past every delay of the schedule: nothing is due, nothing is sent again.
+        v.clock[0] += sum(TranscriptMailer.RETRY_DELAYS_S) + 1
+        await asyncio.wait_for(mailer.drain(), 30)
+    assert handler.tries == 1 and handler.messages == []
+    assert await _outcomes(store) == [{"outcome": "mail.rejected", "smtp_code": 550}]
+    assert await store.due_mail_jobs(v.clock[0] + 10**9) == []  # the job is gone
+    assert await store.next_mail_at() is None  # and no retry is scheduled
+    assert (mailer.sent, mailer.rejected, mailer.failed_attempts) == (0, 1, 0)
+    assert all(ADDRESS not in repr(e) for e, _, _ in await store.audit_rows())
+    lines = _our_log_lines(caplog)
+    assert any("mail.rejected (SMTP 550)" in line for line in lines)
+    assert all(ADDRESS not in line for line in lines)
+
+
+async def test_a_4xx_refusal_keeps_the_retry_schedule(
+        make_staff_vault, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    handler = RefusingMailbox(refuse="RCPT", reply="451 4.3.0 <{address}>: try again later")
+    with smtp_server(handler) as port:
+        v = await make_staff_vault(StaffSettings(smtp=_smtp(port)))
+        await _request(v, "eng-reject-0002")
+        mailer, store = v.app[MAILER], v.app[STORE]
+        await asyncio.wait_for(mailer.drain(), 30)
+        assert handler.tries == 1
+        assert await _outcomes(store) == [{"outcome": "mail.send_failed", "retry_in_s": 60}]
+        assert await store.due_mail_jobs(v.clock[0]) == []  # not before the delay
+        assert len(await store.due_mail_jobs(v.clock[0] + 60)) == 1  # kept for the retry
+        v.clock[0] += 60
+        await asyncio.wait_for(mailer.drain(), 30)
+    assert handler.tries == 2 and handler.messages == []
+    assert (await _outcomes(store))[-1] == {"outcome": "mail.send_failed", "retry_in_s": 300}
+    assert (mailer.sent, mailer.rejected, mailer.failed_attempts) == (0, 0, 2)
+    assert all(ADDRESS not in repr(e) for e, _, _ in await store.audit_rows())
+    assert all(ADDRESS not in line for line in _our_log_lines(caplog))

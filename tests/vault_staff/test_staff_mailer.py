@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from controller_vault.staff.errors import MailError, StaffConfigError
+from controller_vault.staff.errors import MailError, MailRejected, StaffConfigError
 from controller_vault.staff.mailer import SmtpConfig, check_address, send_transcript
 
-from .conftest import SMTP_PASSWORD, SMTP_USER, SmtpServer
+from .conftest import SMTP_PASSWORD, SMTP_USER, RefusingMailbox, SmtpServer, smtp_server
 
 VISITOR = "canary-visitor-7f3a@example.org"
 TRANSCRIPT: dict[str, Any] = {
@@ -97,6 +97,38 @@ async def test_wrong_password_fails_without_echoing_anything(
         await send_transcript(config, VISITOR, TRANSCRIPT)
     assert "wrong" not in err.value.message and VISITOR not in err.value.message
     assert smtp_starttls.mailbox.messages == []
+    # A 5xx to AUTH is the vault's configuration, not this message: retried, not final.
+    assert err.value.code == "mail.send_failed" and not isinstance(err.value, MailRejected)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("refuse", "reply", "code", "smtp_code"), [
+    ("RCPT", "550 5.1.1 <{address}>: mailbox unavailable", "mail.rejected", 550),
+    ("RCPT", "553 5.1.3 <{address}>: bad destination address", "mail.rejected", 553),
+    ("MAIL", "553 5.1.8 <{address}>: sender address rejected", "mail.rejected", 553),
+    ("DATA", "554 5.6.0 message for <{address}> refused", "mail.rejected", 554),
+    ("RCPT", "451 4.3.0 <{address}>: try again later", "mail.send_failed", None),
+    ("DATA", "452 4.3.1 insufficient storage for <{address}>", "mail.send_failed", None),
+    # "Authentication required" / "STARTTLS first": the vault's configuration.
+    ("MAIL", "530 5.7.0 Authentication required", "mail.send_failed", None),
+])
+async def test_only_a_5xx_refusal_of_the_message_is_final(
+        refuse: str, reply: str, code: str, smtp_code: int | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    handler = RefusingMailbox(refuse=refuse, reply=reply)
+    with smtp_server(handler) as port:
+        config = SmtpConfig(host="127.0.0.1", port=port, security="none",
+                            from_addr="noreply@clinic.example", timeout_s=10)
+        with pytest.raises(MailError) as err:
+            await send_transcript(config, VISITOR, TRANSCRIPT)
+    assert err.value.code == code and handler.tries == 1 and handler.messages == []
+    assert getattr(err.value, "smtp_code", None) == smtp_code
+    # The server's reply quotes the address; none of it reaches the error.
+    assert VISITOR not in err.value.message and "noreply@" not in err.value.message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    ours = [r for r in caplog.records if r.name != "mail.log"]  # mail.log: the server's
+    assert all(VISITOR not in r.getMessage() for r in ours)
 
 
 @pytest.mark.timeout(30)
