@@ -243,15 +243,20 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
                                     passphrase=read_passphrase(cfg.passphrase_file, creds))
     keys = app[KEYS]
     metrics = app[METRICS]
-    store = await VaultStore.open(cfg.state_path / "vault.db", keys.account,
-                                  busy_timeout_ms=cfg.busy_timeout_ms)
-    keystore = await KeyStore.open(cfg.state_path / "keys.db", keys.master_key,
-                                   busy_timeout_ms=cfg.busy_timeout_ms)
-
-    if SETTINGS not in app:
-        app[SETTINGS] = load_staff_settings(cfg.config_file or None)
+    # A store refused after another opened (keys.db of a newer schema, say) closes the
+    # one already open: its aiosqlite thread kept `serve` alive after the error line.
+    async with contextlib.AsyncExitStack() as opening:
+        store = await VaultStore.open(cfg.state_path / "vault.db", keys.account,
+                                      busy_timeout_ms=cfg.busy_timeout_ms)
+        opening.push_async_callback(store.close)
+        keystore = await KeyStore.open(cfg.state_path / "keys.db", keys.master_key,
+                                       busy_timeout_ms=cfg.busy_timeout_ms)
+        opening.push_async_callback(keystore.close)
+        if SETTINGS not in app:
+            app[SETTINGS] = load_staff_settings(cfg.config_file or None)
+        tokens = await SqliteTokenStore.open(cfg.state_path)
+        opening.pop_all()  # all open: the finally at the end closes them
     settings = app[SETTINGS]
-    tokens = await SqliteTokenStore.open(cfg.state_path)
     session = aiohttp.ClientSession()
     clock = app[_CLOCK]
     alerts = AlertRaiser(AlertDispatcher(settings.alerts, registry=metrics.registry,

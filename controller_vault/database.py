@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .errors import StoreUnavailable
+from .errors import SchemaNewer, StoreUnavailable
 
 __all__ = ["checkpoint_truncate", "in_connection", "open_database", "select_in",
            "store_errors", "write_transaction"]
@@ -45,8 +45,14 @@ def _schema_files(prefix: str) -> list[tuple[int, str]]:
 async def open_database(path: str | os.PathLike[str], schema: str, *,
                         busy_timeout_ms: int = 2000,
                         max_page_count: int | None = None) -> aiosqlite.Connection:
-    """Open ``path``, set the pragmas and apply schema files ``<schema>-NNN.sql`` not yet run."""
+    """Open ``path``, set the pragmas and apply schema files ``<schema>-NNN.sql`` not yet run.
+
+    A file of a newer schema raises :class:`SchemaNewer` and is left as it was.
+    """
+    files = _schema_files(schema)
+    newest = max((n for n, _ in files), default=0)
     try:
+        _refuse_newer(pathlib.Path(path), newest)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # created 0600, never wider
         os.close(fd)
         db = await aiosqlite.connect(pathlib.Path(path), isolation_level=None)
@@ -61,7 +67,10 @@ async def open_database(path: str | os.PathLike[str], schema: str, *,
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
-        for number, sql in _schema_files(schema):
+        if version > newest:  # made newer after _refuse_newer read it: still refused
+            await db.close()
+            raise SchemaNewer(pathlib.Path(path).name, version, newest)
+        for number, sql in files:
             if number > version:
                 await db.execute("BEGIN IMMEDIATE")
                 # Read the version again under the write lock: another process opening
@@ -78,6 +87,29 @@ async def open_database(path: str | os.PathLike[str], schema: str, *,
         return db
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot open database {path}: {exc.__class__.__name__}") from None
+
+
+def _refuse_newer(path: pathlib.Path, newest: int) -> None:
+    """Raise :class:`SchemaNewer` if the file at ``path`` has a schema above ``newest``.
+
+    Read before anything opens the file for writing: this code would write rows without
+    the columns a newer schema keeps, and even the pragmas, a recovery or the checkpoint
+    at close change the file's bytes, which the operator needs intact to go back to the
+    newer vault. ``immutable=1`` reads the main file with no lock and no -wal or -shm
+    created; when a -wal exists (a vault stopped before its last checkpoint) it may hold
+    the newest pages, so a read-only connection reads through it and never checkpoints.
+    """
+    if not path.exists():
+        return
+    wal = path.with_name(path.name + "-wal")
+    uri = path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        row = conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+    if row is not None and int(row[0]) > newest:
+        raise SchemaNewer(path.name, int(row[0]), newest)
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -11,6 +11,7 @@ from envelope contents, so personal data cannot reach a log through an error.
     ├── VaultExists              vault.exists                      409
     ├── AlreadyServing           vault.already_serving             409
     ├── StoreUnavailable         vault.store_unavailable           503
+    ├── SchemaNewer              vault.schema_newer                503
     ├── DataKeyDestroyed         vault.data_key_destroyed          410
     ├── IngestRejected           envelope.* (passed through) or    400
     │                            vault.not_recipient, vault.role_not_allowed,
@@ -32,6 +33,7 @@ __all__ = [
     "IngestRejected",
     "KeyFileError",
     "PairingError",
+    "SchemaNewer",
     "StoreUnavailable",
     "VaultError",
     "VaultExists",
@@ -86,6 +88,18 @@ class StoreUnavailable(VaultError):
 
     code = "vault.store_unavailable"
     status = 503
+
+
+class SchemaNewer(VaultError):
+    """A store was written by a newer vault (its schema is above every file this code
+    knows): it is refused at open, unchanged, by serve and every CLI command."""
+
+    code = "vault.schema_newer"
+    status = 503
+
+    def __init__(self, name: str, found: int, known: int) -> None:
+        super().__init__(f"{name}: database schema {found} is newer than this vault ({known}):"
+                         " run the newer vault, or restore a backup made by this version")
 
 
 class DataKeyDestroyed(VaultError):

@@ -52,8 +52,12 @@ async def _open(cfg: VaultConfig, keys: Any) -> AsyncIterator[_Vault]:
 
     store = await VaultStore.open(cfg.state_path / "vault.db", keys.account,
                                   busy_timeout_ms=cfg.busy_timeout_ms)
-    keystore = await KeyStore.open(cfg.state_path / "keys.db", keys.master_key,
-                                   busy_timeout_ms=cfg.busy_timeout_ms)
+    try:
+        keystore = await KeyStore.open(cfg.state_path / "keys.db", keys.master_key,
+                                       busy_timeout_ms=cfg.busy_timeout_ms)
+    except BaseException:
+        await store.close()  # else its aiosqlite thread keeps the command from exiting
+        raise
     try:
         yield _Vault(cfg, keys, store, keystore)
     finally:

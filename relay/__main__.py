@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import ConfigError, RelayConfig, load_config, read_operator_token
+from .errors import RelayError
 from .logs import NoPersonalDataAccessLogger
 from .notify import notifier_from_env
 
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    except RelayError as exc:  # a refusal at start (store.schema_newer): one line, no trace
+        print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@
     │                                mode.not_paired
     │                                mode.confirm_required
     │                                mode.compliance
-    └── TooLarge                     request.too_large            413
+    ├── TooLarge                     request.too_large            413
+    └── SchemaNewer                  store.schema_newer           503
+
+``SchemaNewer`` is raised at start, never to a client: the state database was written
+by a newer relay (``relay serve`` prints it and exits 1, leaving the file untouched).
 
 Messages are fixed strings plus ids: never request contents, so they are safe to
 log and to send back. The middleware in :mod:`relay.admin` turns them into
@@ -21,8 +25,8 @@ log and to send back. The middleware in :mod:`relay.admin` turns them into
 
 from __future__ import annotations
 
-__all__ = ["BadRequest", "Conflict", "Forbidden", "NotFound", "RelayError", "TooLarge",
-           "Unauthorized"]
+__all__ = ["BadRequest", "Conflict", "Forbidden", "NotFound", "RelayError", "SchemaNewer",
+           "TooLarge", "Unauthorized"]
 
 
 class RelayError(Exception):
@@ -82,3 +86,14 @@ class TooLarge(RelayError):
 
     code = "request.too_large"
     status = 413
+
+
+class SchemaNewer(RelayError):
+    """The state database's schema is newer than any schema file this relay knows."""
+
+    code = "store.schema_newer"
+    status = 503
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"database schema {found} is newer than this relay ({known}): run"
+                         " the newer relay, or restore a backup made by this version")

@@ -19,13 +19,13 @@ import json
 import pathlib
 import sqlite3
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import aiosqlite
 
 from .group_commit import GroupCommitter, OutboxAppend, OutboxHook, Write, uncount_outbox
 from .sqlite_link_store import LinkStoreMixin
+from .sqlite_schema import SCHEMA_VERSION, migrate, refuse_newer
 from .store import (
     Account,
     AgentCertificateRow,
@@ -47,18 +47,6 @@ _ENG_FIELDS = ("engagement", "account", "mode", "started_at", "ended_at", "queue
 # The hub owns these columns; receipts, rejections and erasures belong to the vault
 # link and live in their own tables, so a record rewrite never resets them.
 _HUB_FIELDS = tuple(f for f in _ENG_FIELDS if f != "receipts")
-
-
-def _schema_files() -> list[tuple[int, str]]:
-    root = resources.files("relay") / "schema"
-    out = []
-    for item in root.iterdir():
-        if item.name.endswith(".sql"):
-            out.append((int(item.name.split("_", 1)[0]), item.read_text()))
-    return sorted(out)
-
-
-SCHEMA_VERSION = max(v for v, _ in _schema_files())
 
 
 class SqliteStore(LinkStoreMixin):
@@ -88,13 +76,21 @@ class SqliteStore(LinkStoreMixin):
         return conn
 
     async def open(self) -> None:
-        """Open both connections, apply schema upgrades, start the writer."""
+        """Open both connections, apply schema upgrades, start the writer.
+
+        A file of a newer schema raises :class:`relay.errors.SchemaNewer`, unchanged.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_newer(self.path)
         self._committer = GroupCommitter(self._connect_writer, self.max_batch,
                                          lambda entries: self._outbox_committed(entries))
         await self._committer.open()
         self.path.chmod(0o600)
-        await self._committer.run_alone(_migrate)
+        try:
+            await self._committer.run_alone(migrate)
+        except BaseException:
+            await self._committer.close()
+            raise
         await self._committer.run_alone(_recount_outbox)
         self._reader = await self._connect()
         self._committer.start()
@@ -419,19 +415,6 @@ def _exec_many(sql: str, rows: Sequence[Sequence[Any]]) -> Write:
     return lambda c: c.executemany(sql, rows).close()
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Apply the schema files newer than the file's user_version, each in one transaction."""
-    row = conn.execute("PRAGMA user_version").fetchone()
-    current = int(row[0]) if row else 0
-    for version, sql in _schema_files():
-        if version > current:
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in _statements(sql):
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version={int(version)}")
-            conn.execute("COMMIT")
-
-
 def _recount_outbox(conn: sqlite3.Connection) -> None:
     """Outbox totals recounted at every start (one scan): a relay older than schema 004
     run on this file meanwhile (a downgrade) moved rows without moving the totals."""
@@ -439,9 +422,3 @@ def _recount_outbox(conn: sqlite3.Connection) -> None:
                  " WHERE o.account = outbox_counters.account), bytes = (SELECT"
                  " coalesce(sum(length(o.data)), 0) FROM outbox o"
                  " WHERE o.account = outbox_counters.account)")
-
-
-def _statements(sql: str) -> list[str]:
-    """Split a schema file into statements (the files hold no semicolons inside strings)."""
-    lines = [ln.split("--", 1)[0] for ln in sql.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,6 +1,6 @@
 """Relay schema upgrades tested from the FIRST version on populated files.
 
-The test applies schema files 1..N exactly as ``SqliteStore._migrate`` does (statements
+The test applies schema files 1..N exactly as ``relay.sqlite_schema.migrate`` does (statements
 in one transaction, then ``PRAGMA user_version = N``), fills the database with rows
 written in version N's SQL, then opens it with the current store and reads everything
 back through its named methods. Every schema file needs a populate step here: adding
@@ -9,10 +9,13 @@ back through its named methods. Every schema file needs a populate step here: ad
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from importlib import resources
 
@@ -22,7 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from envelope import EncryptionKey, IdentityKey, sign_vault_key_statement
 from relay.admin import hash_token
 from relay.atrest import TranscriptCipher
-from relay.sqlite_store import SCHEMA_VERSION, SqliteStore, _statements
+from relay.errors import SchemaNewer
+from relay.sqlite_schema import migrate, statements
+from relay.sqlite_store import SCHEMA_VERSION, SqliteStore
 from relay.store import OutboxEntry, OutboxStats, TokenRecord
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,7 +54,7 @@ def _create_at_version(path: pathlib.Path, version: int) -> sqlite3.Connection:
     for number, sql in _schema_files():
         if number <= version:
             db.execute("BEGIN IMMEDIATE")
-            for stmt in _statements(sql):
+            for stmt in statements(sql):
                 db.execute(stmt)
             db.execute(f"PRAGMA user_version={number}")
             db.execute("COMMIT")
@@ -203,3 +208,88 @@ async def test_upgrade_from_each_version_keeps_populated_data(tmp_path: pathlib.
     store = SqliteStore(path)
     await store.open()
     await store.close()
+
+
+NEWER = SCHEMA_VERSION + 1
+REFUSAL = (f"database schema {NEWER} is newer than this relay ({SCHEMA_VERSION}): run the"
+           " newer relay, or restore a backup made by this version")
+# A newer relay's last write still in the -wal: it was killed before any checkpoint.
+_KILLED_WRITER = ("import os, sqlite3, sys\n"
+                  "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                  "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+                  "db.execute(f'PRAGMA user_version={int(sys.argv[2])}')\n"
+                  "os._exit(0)\n")
+
+
+def _newer_database(path: pathlib.Path, *, in_wal: bool) -> None:
+    """A populated file as a relay of schema NEWER left it, cleanly or killed (-wal)."""
+    db = _create_at_version(path, SCHEMA_VERSION)
+    POPULATE[SCHEMA_VERSION](db)
+    if not in_wal:
+        db.execute(f"PRAGMA user_version={NEWER}")
+        db.close()
+        assert not path.with_name(path.name + "-wal").exists()
+        return
+    db.close()
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path), str(NEWER)],
+                   check=True, timeout=30)
+    # The main file still says SCHEMA_VERSION: only a reader of the -wal sees NEWER.
+    assert int.from_bytes(path.read_bytes()[60:64], "big") == SCHEMA_VERSION
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+
+
+def _files(directory: pathlib.Path) -> dict[str, str]:
+    """sha256 of the database's files in ``directory``; a -shm (SQLite's rebuildable
+    shared-memory index, not content) only counts where there is no -wal: then none
+    may appear."""
+    names = {p.name for p in directory.iterdir()}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in directory.iterdir() if p.name.startswith("relay.sqlite3")
+            and not (p.name.endswith("-shm") and p.name[:-4] + "-wal" in names)}
+
+
+@pytest.mark.parametrize("in_wal", [False, True], ids=["closed", "killed"])
+async def test_a_newer_database_is_refused_and_left_unchanged(tmp_path: pathlib.Path,
+                                                              in_wal: bool) -> None:
+    path = tmp_path / "relay.sqlite3"
+    _newer_database(path, in_wal=in_wal)
+    before = _files(tmp_path)
+    with pytest.raises(SchemaNewer) as refused:
+        await SqliteStore(path).open()
+    assert refused.value.code == "store.schema_newer" and refused.value.message == REFUSAL
+    assert _files(tmp_path) == before  # no upgrade, recount, pragma or checkpoint
+    # The upgrade step refuses it too (a file made newer after the first read).
+    check = sqlite3.connect(path, isolation_level=None)
+    with pytest.raises(SchemaNewer):
+        migrate(check)
+    # At the newest version this code knows, the same file opens and serves as always.
+    check.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    check.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert [a.account for a in await store.list_accounts()] == ["clinic", "shop"]
+        assert await store.outbox_stats("clinic") == OutboxStats(2, 200, NOW)
+    finally:
+        await store.close()
+
+
+def test_relay_serve_refuses_a_newer_database(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    cfg = tmp_path / "relay.toml"
+    # Port 0: were the refusal missing, it would listen on a free port until the timeout.
+    cfg.write_text(f'[relay]\nstate_dir = "{state}"\nport = 0\n'
+                   'public_origin = "http://127.0.0.1:8440"\n')
+
+    def relay(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "relay", "--config", str(cfg), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    assert relay("init").returncode == 0
+    _newer_database(state / "relay.sqlite3", in_wal=False)
+    before = _files(state)
+    out = relay("serve")
+    assert out.returncode == 1
+    assert out.stderr == f"relay: store.schema_newer: {REFUSAL}\n"  # one line, no traceback
+    assert out.stdout == ""  # it never listened
+    assert _files(state) == before

@@ -6,24 +6,34 @@ in that version's SQL, then opens it with the current code and reads everything 
 through the vault's own read paths. Every schema file must have a populate step here:
 adding ``vault-002.sql`` without a ``_populate_vault_v2`` fails the suite, so each
 migration is tested against data, not only against an empty file.
+
+A store of a NEWER schema than the code knows (a downgraded package, a newer vault's
+state restored) is refused by the stores, by ``serve`` and by the CLI commands, and left
+byte for byte as it was, also when a killed newer vault left its last writes in the -wal.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
+import os
 import pathlib
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
+from controller_vault import database
 from controller_vault.atrest import blind_token, seal_row, wrap_data_key
 from controller_vault.audit import GENESIS, AuditEntry, entry_hash, sign_checkpoint
 from controller_vault.backup import latest_schema_version
 from controller_vault.checkpoints import CHECKPOINT_FILE, verify_audit
 from controller_vault.erasure import read_engagement
+from controller_vault.errors import SchemaNewer
 from controller_vault.ingest import Ingestor, open_and_check
 from controller_vault.keyfiles import VaultKeys, init_vault
 from controller_vault.keystore import KeyStore
@@ -238,3 +248,114 @@ async def test_upgrade_from_each_version_keeps_populated_data(tmp_path, prefix, 
     # Opening again is a no-op: nothing is applied twice.
     store = await VaultStore.open(w.state / "vault.db", "clinic")
     await store.close()
+
+
+# A newer vault's last write still in the -wal: it was killed before any checkpoint.
+_KILLED_WRITER = ("import os, sqlite3, sys\n"
+                  "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                  "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+                  "db.execute(f'PRAGMA user_version={int(sys.argv[2])}')\n"
+                  "os._exit(0)\n")
+
+
+def _refusal(name):
+    known = latest_schema_version(name)
+    return (f"{name}.db: database schema {known + 1} is newer than this vault ({known}):"
+            " run the newer vault, or restore a backup made by this version")
+
+
+def _stores_with_one_newer(tmp_path, newer, *, in_wal=False):
+    """Both stores populated at their newest version; then ``newer`` as a vault one
+    schema ahead left it, closed or killed (its version only in the -wal)."""
+    w = _world(tmp_path)
+    data_key = bytes(range(32))
+    for name in ("vault", "keys"):
+        latest = latest_schema_version(name)
+        path = w.state / f"{name}.db"
+        db = _create_at_version(path, name, latest)
+        POPULATE[(name, latest)](db, w, data_key)
+        db.close()
+        if name == newer:
+            if in_wal:
+                subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path),
+                                str(latest + 1)], check=True, timeout=30)
+                assert int.from_bytes(path.read_bytes()[60:64], "big") == latest
+                assert (w.state / f"{name}.db-wal").stat().st_size > 0
+            else:
+                db = sqlite3.connect(path, isolation_level=None)
+                db.execute(f"PRAGMA user_version = {latest + 1}")
+                db.close()
+                assert not (w.state / f"{name}.db-wal").exists()
+    return w
+
+
+def _files(state, name):
+    """sha256 of ``<name>.db`` and its -wal, and any -shm where there is no -wal (a -shm
+    is SQLite's rebuildable shared-memory index, not content; none may appear)."""
+    names = {p.name for p in state.iterdir()}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in state.iterdir()
+            if p.name.startswith(f"{name}.db")
+            and not (p.name.endswith("-shm") and p.name[:-4] + "-wal" in names)}
+
+
+async def _open(w, name):
+    if name == "vault":
+        return await VaultStore.open(w.state / "vault.db", "clinic")
+    return await KeyStore.open(w.state / "keys.db", w.keys.master_key)
+
+
+@pytest.mark.parametrize("in_wal", [False, True], ids=["closed", "killed"])
+@pytest.mark.parametrize("prefix", ["vault", "keys"])
+async def test_a_newer_store_is_refused_and_left_unchanged(tmp_path, prefix, in_wal):
+    w = _stores_with_one_newer(tmp_path, prefix, in_wal=in_wal)
+    before = _files(w.state, prefix)
+    with pytest.raises(SchemaNewer) as refused:
+        await _open(w, prefix)
+    assert refused.value.code == "vault.schema_newer"
+    assert refused.value.message == _refusal(prefix)
+    assert _files(w.state, prefix) == before  # no upgrade, pragma, recovery or checkpoint
+    # At the newest version this code knows, the same stores open and read as always.
+    check = sqlite3.connect(w.state / f"{prefix}.db", isolation_level=None)
+    check.execute(f"PRAGMA user_version = {latest_schema_version(prefix)}")
+    check.close()
+    store, keystore = await _open(w, "vault"), await _open(w, "keys")
+    try:
+        rows = await read_engagement(store, keystore, KEPT, actor="dpo", purpose="check",
+                                     now=NOW + 10)
+        assert [r.body for r in rows] == w.bodies[KEPT]
+    finally:
+        await keystore.close()
+        await store.close()
+
+
+async def test_a_store_made_newer_after_the_first_read_is_still_refused(tmp_path,
+                                                                       monkeypatch):
+    # Stands in for a newer vault upgrading the file between the read-only check and
+    # the connection: the version read on the connection itself refuses it too.
+    w = _stores_with_one_newer(tmp_path, "vault")
+    monkeypatch.setattr(database, "_refuse_newer", lambda path, newest: None)
+    with pytest.raises(SchemaNewer) as refused:
+        await _open(w, "vault")
+    assert refused.value.message == _refusal("vault")
+    with sqlite3.connect(w.state / "vault.db") as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == \
+            latest_schema_version("vault") + 1
+
+
+@pytest.mark.parametrize(("prefix", "commands"), [
+    ("vault", [["serve"], ["audit", "verify"], ["transcripts", "list"]]),
+    # keys.db is opened after vault.db: the open vault.db must not keep the process alive.
+    ("keys", [["serve"], ["transcripts", "list"]]),
+])
+def test_cli_commands_refuse_a_newer_store_in_one_line(tmp_path, prefix, commands):
+    w = _stores_with_one_newer(tmp_path, prefix)
+    before = _files(w.state, prefix)
+    # Port 0: were the refusal missing, serve would listen on a free port until the timeout.
+    env = {**os.environ, "VAULT_PORT": "0"}
+    for command in commands:
+        out = subprocess.run([sys.executable, "-m", "controller_vault", *command,
+                              "--state-dir", str(w.state)],
+                             capture_output=True, text=True, timeout=30, env=env)
+        assert out.returncode == 1, (command, out.stderr)
+        assert out.stderr == f"controller-vault: vault.schema_newer: {_refusal(prefix)}\n"
+        assert _files(w.state, prefix) == before, command
