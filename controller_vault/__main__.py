@@ -308,6 +308,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: sysexits' EX_CONFIG: the unit's RestartPreventExitStatus names it.
+EXIT_NOT_RESTARTABLE = 78
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `controller-vault` console script."""
     args = _parser().parse_args(argv)
@@ -321,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (VaultError, StaffError) as exc:
         print(f"controller-vault: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.code == "vault.schema_newer":
+            # 78 (EX_CONFIG): a restart cannot fix it; controller-vault.service does not
+            # restart on it (RestartPreventExitStatus) instead of retrying every 2 s.
+            return EXIT_NOT_RESTARTABLE
         return 2 if exc.code in ("vault.config", "cli.usage") else 1
     except (OSError, ValueError, KeyError) as exc:
         print(f"controller-vault: {exc.__class__.__name__}: {exc}", file=sys.stderr)

@@ -196,6 +196,10 @@ def _use_event_loop(choice: str) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+#: sysexits' EX_CONFIG: the unit's RestartPreventExitStatus names it.
+EXIT_NOT_RESTARTABLE = 78
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `relay` console script."""
     args = _parser().parse_args(argv)
@@ -217,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RelayError as exc:  # a refusal at start (store.schema_newer): one line, no trace
         print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        # 78 (EX_CONFIG): what a restart cannot fix; relay.service does not restart on it
+        # (RestartPreventExitStatus) instead of retrying every 2 s for nothing.
+        return EXIT_NOT_RESTARTABLE if exc.code == "store.schema_newer" else 1
 
 
 if __name__ == "__main__":

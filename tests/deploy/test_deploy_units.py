@@ -94,6 +94,8 @@ def test_unit_has_the_operational_contract(unit: str, user: str, credential: str
     d = _directives(unit)
     assert d["Type"] == ["notify"]
     assert d["Restart"] == ["on-failure"]
+    # The binaries' exit status for a newer database: not restarted every 2 s.
+    assert d["RestartPreventExitStatus"] == ["78"]
     assert d["WatchdogSec"] and d["NotifyAccess"] == ["main"]
     assert d["User"] == [user] and d["StateDirectory"] == [user]
     assert d["ConfigurationDirectory"] == [user]
