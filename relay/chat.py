@@ -214,7 +214,7 @@ async def _message(st: RelayState, hub: ChatHub, conn_ws: web.WebSocketResponse,
     # Formatted, not json.dumps'd: both values match fixed patterns (no escaping needed).
     await conn_ws.send_str(f'{{"type": "ack", "engagement": "{eng.id}", "seq": {seq}}}')
     await hub.deliver(deliveries)
-    st.metrics.frames_relayed.labels(acct.mode, f"from_{role}").inc()
+    st.metrics.relayed(acct.mode, role).inc()
     st.metrics.routing_latency.observe(time.perf_counter() - started)
 
 

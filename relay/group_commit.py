@@ -258,8 +258,7 @@ class OutboxAppend:
 
 def _with_seqs(op: Write, seqs: list[int]) -> list[OutboxEntry]:
     assert isinstance(op, OutboxAppend)
-    return [OutboxEntry(e.account, seq, e.envelope_id, e.engagement, e.envelope_hash, e.data,
-                        e.created_at) for e, seq in zip(op.entries, seqs, strict=True)]
+    return [e._replace(seq=seq) for e, seq in zip(op.entries, seqs, strict=True)]
 
 
 def _append_run(ops: Sequence[Write], start: int) -> list[OutboxAppend]:

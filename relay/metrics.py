@@ -7,7 +7,8 @@ fixed sets, so the number of series is bounded too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -45,6 +46,16 @@ class RelayMetrics:
     transcripts_swept: Counter
     commit_batches: Gauge
     wal_checkpoint_incomplete: Counter
+    _relayed: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+
+    def relayed(self, mode: str, role: str) -> Any:
+        """``frames_relayed`` of (mode, from_ROLE), looked up once: ``labels()`` takes
+        1.5 us (checks, a lock, a tuple) and runs for every message; a child's inc 0.3."""
+        child = self._relayed.get((mode, role))
+        if child is None:
+            child = self._relayed[(mode, role)] = self.frames_relayed.labels(
+                mode, f"from_{role}")
+        return child
 
     @classmethod
     def create(cls) -> RelayMetrics:

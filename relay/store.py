@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "Account",
@@ -113,9 +113,9 @@ class EngagementRecord:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class OutboxEntry:
-    """One envelope waiting for the vault."""
+class OutboxEntry(NamedTuple):
+    """One envelope waiting for the vault (a NamedTuple: built twice per message, at a
+    third of a frozen dataclass's cost, and as immutable)."""
 
     account: str
     seq: int
