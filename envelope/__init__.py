@@ -42,7 +42,13 @@ from .link import (
     verify_erasure_notice,
     verify_link_auth,
 )
-from .receipts import ReceiptItem, receipt_hash, sign_receipt, verify_receipt
+from .receipts import (
+    ReceiptItem,
+    receipt_hash,
+    sign_receipt,
+    verify_receipt,
+    verify_receipt_with_hash,
+)
 from .sealing import (
     KINDS,
     ROLES,
@@ -119,5 +125,6 @@ __all__ = [
     "verify_erasure_notice",
     "verify_link_auth",
     "verify_receipt",
+    "verify_receipt_with_hash",
     "verify_vault_key_statement",
 ]

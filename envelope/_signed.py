@@ -12,7 +12,7 @@ from ._codec import b64d, b64e, canonical_json, load_json_object
 from .errors import EnvelopeError
 from .keys import IdentityKey
 
-__all__ = ["open_signed", "sign_body"]
+__all__ = ["open_signed", "open_signed_with_bytes", "sign_body"]
 
 
 def sign_body(identity: IdentityKey, domain: bytes, body: dict[str, Any]) -> dict[str, str]:
@@ -26,6 +26,14 @@ def open_signed(
     error: type[EnvelopeError],
 ) -> dict[str, Any]:
     """Verify ``wire`` under ``public_key`` and return the parsed body; raise ``error``."""
+    return open_signed_with_bytes(wire, public_key, domain, limit=limit, error=error)[0]
+
+
+def open_signed_with_bytes(
+    wire: object, public_key: bytes, domain: bytes, *, limit: int,
+    error: type[EnvelopeError],
+) -> tuple[dict[str, Any], bytes, bytes]:
+    """As ``open_signed``, also returning the verified body and signature bytes."""
     try:
         if not isinstance(wire, dict) or set(wire) != {"body", "sig"}:
             raise error("signed object must be {body, sig}")
@@ -37,7 +45,7 @@ def open_signed(
             nacl.signing.VerifyKey(public_key).verify(domain + raw, sig)
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
             raise error("signature does not verify") from exc
-        return load_json_object(raw, limit=limit)
+        return load_json_object(raw, limit=limit), raw, sig
     except error:
         raise
     except EnvelopeError as exc:

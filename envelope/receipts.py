@@ -15,6 +15,9 @@ key) or one for another account deletes nothing.
 >>> r = sign_receipt(ident, account="clinic", items=[("eng-00000001", "A" * 22, "00" * 32)])
 >>> verify_receipt(r, ident.public_bytes, account="clinic")[0].envelope_id == "A" * 22
 True
+>>> items, digest = verify_receipt_with_hash(r, ident.public_bytes, account="clinic")
+>>> digest == receipt_hash(r)
+True
 """
 
 from __future__ import annotations
@@ -22,18 +25,20 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._codec import b64d
-from ._signed import open_signed, sign_body
+from ._signed import open_signed, open_signed_with_bytes, sign_body
 from .errors import EnvelopeError, ReceiptError
 from .keys import IdentityKey
 from .limits import ACCOUNT_PATTERN, ENGAGEMENT_PATTERN, ENVELOPE_ID_PATTERN, MAX_RECEIPT_ITEMS
 
-__all__ = ["ReceiptItem", "receipt_hash", "sign_receipt", "verify_receipt"]
+__all__ = ["ReceiptItem", "receipt_hash", "sign_receipt", "verify_receipt",
+           "verify_receipt_with_hash"]
 
 _DOMAIN = b"compliance-relay/v1/receipt\x00"
 _HASH = re.compile(r"[0-9a-f]{64}")
+_BODY_LIMIT = 200 * MAX_RECEIPT_ITEMS
 
 
 class ReceiptItem(NamedTuple):
@@ -65,18 +70,41 @@ def sign_receipt(
 def receipt_hash(wire: dict[str, str]) -> str:
     """A stable hash of a receipt, kept by the relay on engagement records."""
     try:
-        data = b64d(wire["body"]) + b64d(wire["sig"])
+        raw, sig = b64d(wire["body"]), b64d(wire["sig"])
     except (KeyError, TypeError, EnvelopeError) as exc:
         raise ReceiptError("receipt does not parse") from exc
-    return hashlib.blake2b(data, digest_size=32, person=b"cr-receipt-v1").hexdigest()
+    return _digest(raw, sig)
+
+
+def _digest(raw: bytes, sig: bytes) -> str:
+    """BLAKE2b-256 of the decoded body then signature: the one definition of the hash."""
+    return hashlib.blake2b(raw + sig, digest_size=32, person=b"cr-receipt-v1").hexdigest()
 
 
 def verify_receipt(
     wire: object, identity_public_key: bytes, *, account: str,
 ) -> list[ReceiptItem]:
     """Verify a (batched) receipt and return its items, or raise ReceiptError."""
-    body = open_signed(wire, identity_public_key, _DOMAIN, limit=200 * MAX_RECEIPT_ITEMS,
+    body = open_signed(wire, identity_public_key, _DOMAIN, limit=_BODY_LIMIT,
                        error=ReceiptError)
+    return _checked_items(body, account)
+
+
+def verify_receipt_with_hash(
+    wire: object, identity_public_key: bytes, *, account: str,
+) -> tuple[list[ReceiptItem], str]:
+    """verify_receipt, plus the receipt_hash of the same decoded bytes (the relay's ack path).
+
+    A receipt that fails raises exactly as verify_receipt does and is never hashed.
+    """
+    body, raw, sig = open_signed_with_bytes(wire, identity_public_key, _DOMAIN,
+                                            limit=_BODY_LIMIT, error=ReceiptError)
+    return _checked_items(body, account), _digest(raw, sig)
+
+
+
+def _checked_items(body: dict[str, Any], account: str) -> list[ReceiptItem]:
+    """The items of a verified receipt body, or ReceiptError for any broken rule."""
     if body.get("t") != "receipt" or body.get("v") != 1:
         raise ReceiptError("not a v1 receipt")
     if body.get("acct") != account or not ACCOUNT_PATTERN.fullmatch(account):

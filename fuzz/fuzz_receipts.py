@@ -1,5 +1,8 @@
 """Fuzz the receipt verifier: only EnvelopeError (ReceiptError) may escape.
 
+The one-pass form the relay runs on every ack (verify_receipt_with_hash) is fuzzed, and
+checked against the two calls it replaced: the same items, the same hash, the same error.
+
 Half the inputs are signed by the harness, so the fuzzer reaches the body checks that
 sit behind the signature; the other half are raw wire objects.
 """
@@ -8,7 +11,15 @@ from __future__ import annotations
 
 import json
 
-from envelope import EnvelopeError, IdentityKey, b64e, sign_receipt, verify_receipt
+from envelope import (
+    EnvelopeError,
+    IdentityKey,
+    b64e,
+    receipt_hash,
+    sign_receipt,
+    verify_receipt,
+    verify_receipt_with_hash,
+)
 
 __all__ = ["seeds", "test_one_input"]
 
@@ -37,8 +48,15 @@ def test_one_input(data: bytes) -> None:
     else:
         wire = {"body": b64e(data[1:]), "sig": b64e(_IDENT.sign(_DOMAIN + data[1:]))}
     try:
-        items = verify_receipt(wire, _IDENT.public_bytes, account="clinic")
+        items, digest = verify_receipt_with_hash(wire, _IDENT.public_bytes, account="clinic")
     except EnvelopeError as exc:
         assert exc.code.startswith("receipt.")
-        return
+        try:
+            verify_receipt(wire, _IDENT.public_bytes, account="clinic")
+        except EnvelopeError as again:
+            assert (type(again), again.message) == (type(exc), exc.message)
+            return
+        raise AssertionError("verify_receipt accepted what the one-pass form refused") from exc
     assert items and all(len(i.envelope_hash) == 64 for i in items)
+    assert items == verify_receipt(wire, _IDENT.public_bytes, account="clinic")
+    assert isinstance(wire, dict) and digest == receipt_hash(wire)

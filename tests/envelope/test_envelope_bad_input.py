@@ -37,6 +37,7 @@ from envelope import (
     verify_erasure_notice,
     verify_link_auth,
     verify_receipt,
+    verify_receipt_with_hash,
     verify_vault_key_statement,
 )
 from envelope._signed import sign_body
@@ -169,6 +170,7 @@ def _signed_entry_points(wire: Any) -> None:
     _only_envelope_errors(lambda: verify_receipt(wire, pk, account=ACCOUNT))
     _only_envelope_errors(lambda: verify_erasure_notice(wire, pk, account=ACCOUNT))
     _only_envelope_errors(lambda: receipt_hash(wire))
+    _only_envelope_errors(lambda: verify_receipt_with_hash(wire, pk, account=ACCOUNT))
     _only_envelope_errors(lambda: verify_link_auth(wire, pk, account=ACCOUNT, nonce=b"n" * 32,
                                                    origin="https://r"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import pathlib
 import struct
 from typing import Any
 
@@ -28,6 +29,7 @@ from envelope import (
     link_auth_response,
     open_envelope,
     parse_envelope,
+    receipt_hash,
     seal,
     sign_agent_certificate,
     sign_receipt,
@@ -35,6 +37,7 @@ from envelope import (
     verify_agent_certificate,
     verify_link_auth,
     verify_receipt,
+    verify_receipt_with_hash,
     verify_vault_key_statement,
 )
 from envelope.errors import MalformedError
@@ -154,6 +157,8 @@ def test_statements_and_receipts_any_flipped_byte_fails(index: int) -> None:
                                  account=ACCOUNT, now=50)
     with pytest.raises(ReceiptError):
         verify_receipt(_flip_wire(RECEIPT, index), IDENTITY.public_bytes, account=ACCOUNT)
+    assert _one_pass_agrees(_flip_wire(RECEIPT, index), IDENTITY.public_bytes,
+                            ACCOUNT)[0] == "error"
 
 
 @settings(max_examples=200, deadline=None)
@@ -217,6 +222,8 @@ def test_receipt_items_follow_the_field_patterns(items: list[tuple[str, str, str
         assert not valid
     else:
         assert valid and [tuple(g) for g in got] == items
+    assert _one_pass_agrees(wire, ident.public_bytes, "clinic")[0] == ("ok" if valid
+                                                                      else "error")
 
 
 @settings(max_examples=200, deadline=None)
@@ -226,9 +233,10 @@ def test_receipt_items_follow_the_field_patterns(items: list[tuple[str, str, str
                 min_size=1, max_size=5))
 def test_receipt_with_valid_items_verifies(items: list[tuple[str, str, str]]) -> None:
     ident = IdentityKey.generate()
-    got = verify_receipt(sign_receipt(ident, account="clinic", items=items),
-                         ident.public_bytes, account="clinic")
+    wire = sign_receipt(ident, account="clinic", items=items)
+    got = verify_receipt(wire, ident.public_bytes, account="clinic")
     assert [tuple(g) for g in got] == items
+    assert _one_pass_agrees(wire, ident.public_bytes, "clinic")[0] == "ok"
 
 
 def test_a_field_holding_the_item_separators_is_not_read_as_two_items() -> None:
@@ -306,3 +314,64 @@ def test_a_header_nested_deeper_than_orjson_writes_is_refused_not_a_crash() -> N
     deep = b"[" * 300 + b"]" * 300  # read by orjson (limit 1,024), not written (255)
     raw = b'{"a":' + deep + b"}"
     assert is_canonical_ascii(json.loads(raw), raw) is False
+
+
+def _outcome(call: Any) -> tuple[Any, ...]:
+    """What a call returned, or the class, code, message and cause class of what it raised."""
+    try:
+        return ("ok", call())
+    except EnvelopeError as exc:
+        return ("error", type(exc), exc.code, exc.message, type(exc.__cause__))
+
+
+def _one_pass_agrees(wire: Any, public_key: bytes, account: str) -> tuple[Any, ...]:
+    """verify_receipt_with_hash gives what verify_receipt then receipt_hash gave (the
+    relay's two calls before it): the same items and the same hash for a good receipt,
+    the same error for a bad one. Returns that outcome."""
+    two_calls = _outcome(lambda: (verify_receipt(wire, public_key, account=account),
+                                  receipt_hash(wire)))
+    one_pass = _outcome(lambda: verify_receipt_with_hash(wire, public_key, account=account))
+    assert one_pass == two_calls
+    return one_pass
+
+
+_VECTORS = json.loads((pathlib.Path(__file__).resolve().parents[2] / "envelope" / "vectors"
+                       / "v1.json").read_text())
+RECEIPT_VECTORS = [c for c in _VECTORS["valid"] + _VECTORS["invalid"] if c["type"] == "receipt"]
+
+
+def _wire_edit(wire: Any, edit: tuple[str, int]) -> Any:
+    """``wire`` unchanged, with one decoded byte flipped, or cut short."""
+    how, index = edit
+    if how == "same" or not isinstance(wire, dict) or set(wire) != {"body", "sig"}:
+        return wire
+    if how == "flip":
+        return _flip_wire(wire, index)
+    return dict(wire, body=wire["body"][:index % max(1, len(wire["body"]))])
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=st.sampled_from(RECEIPT_VECTORS),
+       edit=st.tuples(st.sampled_from(["same", "flip", "cut"]), st.integers(0, 10_000)))
+def test_receipt_hash_in_one_pass_matches_receipt_hash_on_the_vectors(
+        case: dict[str, Any], edit: tuple[str, int]) -> None:
+    op = case["operation"]
+    identity = bytes.fromhex(_VECTORS["keys"][op["identity"]]["ed25519_public"])
+    wire = _wire_edit(case["input"], edit)
+    outcome = _one_pass_agrees(wire, identity, op["account"])
+    if edit[0] == "same":
+        assert outcome[0] == ("ok" if "expect" in case else "error"), case["name"]
+    if outcome[0] == "ok":
+        assert outcome[1][1] == receipt_hash(case["input"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.sampled_from([1, 2, 255, 256, 1024]), account=accounts,
+       verify_as=st.sampled_from(["same", "other"]))
+def test_receipt_hash_in_one_pass_matches_receipt_hash_for_any_size_and_account(
+        n: int, account: str, verify_as: str) -> None:
+    items = [(ENG, b64e(i.to_bytes(16, "big")), f"{i:064x}") for i in range(n)]
+    wire = sign_receipt(IDENTITY, account=account, items=items)
+    expected = account if verify_as == "same" else account + "-other"
+    outcome = _one_pass_agrees(wire, IDENTITY.public_bytes, expected)
+    assert outcome[0] == ("ok" if verify_as == "same" else "error")

@@ -23,6 +23,7 @@ from controller_vault.staff.access import STAFF_TOKENS
 from controller_vault.staff.tokens import SCOPES
 from envelope import EncryptionKey, IdentityKey, PartyKeys, encode_body, seal
 from tests.relay.conftest import OPERATOR, FakeClock, start_relay
+from tests.support.procs import OperatorRelay
 
 _LINES = pytest.StashKey[list[str]]()
 VAULT_NOW = 1_800_000_000
@@ -54,7 +55,7 @@ def proof_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
 class TwoAccountRelay:
     """A real relay on 127.0.0.1 with accounts A and B, their tokens and vault identities."""
 
-    server: TestServer
+    server: OperatorRelay
     http: aiohttp.ClientSession
     state_dir: pathlib.Path
     clock: FakeClock
@@ -64,7 +65,7 @@ class TwoAccountRelay:
 
     @property
     def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+        return self.server.url
 
     async def call(self, method: str, path: str, token: str | None, json: Any = None,
                    **kw: Any) -> tuple[int, Any]:

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from relay.client import AgentClient, VisitorClient
-from tests.support.procs import Service, free_port
+from tests.support.procs import OperatorRelay
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 OPERATOR = "operator-token-for-abuse-proofs-0123"
@@ -52,27 +52,15 @@ async def _conversation(url: str, agent_token: str) -> None:
 
 async def test_relay_survives_oversize_slow_clients_and_a_flood(tmp_path: pathlib.Path,
                                                                proof_line: Any) -> None:
-    port = free_port()
-    token_file = tmp_path / "operator_token"
-    token_file.write_text(OPERATOR)
-    token_file.chmod(0o600)
-    url = f"http://127.0.0.1:{port}"
-    relay = Service("relay", ["serve", "--port", str(port), "--state-dir",
-                              str(tmp_path / "state")], f"{url}/healthz",
-                    tmp_path / "relay.out",
-                    env={"RELAY_OPERATOR_TOKEN_FILE": str(token_file),
-                         "RELAY_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT),
-                         "RELAY_CONNECTIONS_PER_IP_PER_MINUTE": "100000"}).start()
-    assert relay.proc is not None
-    pid = relay.proc.pid
+    relay = OperatorRelay.start_process(tmp_path, OPERATOR, env={
+        "RELAY_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT),
+        "RELAY_CONNECTIONS_PER_IP_PER_MINUTE": "100000"})
+    assert relay.service is not None and relay.service.proc is not None
+    pid, url, port = relay.service.proc.pid, relay.url, relay.port
     auth = {"Authorization": f"Bearer {OPERATOR}"}
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/v1/accounts", headers=auth, json={
-                    "account": "shop", "origins": [ORIGIN]}) as resp:
-                assert resp.status == 201
-            async with http.post(f"{url}/v1/accounts/shop/admin-tokens", headers=auth) as resp:
-                admin = (await resp.json())["token"]
+            admin = await relay.create_account("shop", origins=[ORIGIN])
             async with http.post(f"{url}/v1/accounts/shop/agent-tokens", json={"agent": "ann"},
                                  headers={"Authorization": f"Bearer {admin}"}) as resp:
                 agent_token = (await resp.json())["token"]
@@ -146,7 +134,7 @@ async def test_relay_survives_oversize_slow_clients_and_a_flood(tmp_path: pathli
             async with http.get(f"{url}/healthz") as resp:
                 assert resp.status == 200
     finally:
-        relay.stop()
+        await relay.close()
     growth = rss_during - rss_before
     # 500 connections may cost a few KB each; anything near the oversized payloads
     # (8 MB, 4 MB) would mean a body was buffered whole.

@@ -11,13 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from envelope import EncryptionKey, IdentityKey, b64e, sign_vault_key_statement
-from relay.app import create_app
-from relay.config import load_config
-from relay.logs import NoPersonalDataAccessLogger
 from relay.state import STATE, RelayState
+from tests.support.procs import OperatorRelay
 
 OPERATOR = "operator-token-for-tests-0123456789"
 ORIGIN = "https://clinic.example"
@@ -37,7 +34,7 @@ class FakeClock:
 class Relay:
     """A running relay and helpers to call it."""
 
-    server: TestServer
+    server: OperatorRelay
     session: aiohttp.ClientSession
     state_dir: pathlib.Path
     clock: FakeClock
@@ -45,7 +42,7 @@ class Relay:
 
     @property
     def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+        return self.server.url
 
     @property
     def state(self) -> RelayState:
@@ -99,25 +96,13 @@ class Relay:
 
 async def start_relay(state_dir: pathlib.Path, clock: FakeClock,
                       _prestart: Callable[[web.Application], object] | None = None,
-                      **overrides: Any) -> TestServer:
+                      **overrides: Any) -> OperatorRelay:
     """Start the relay app from ``create_app`` on 127.0.0.1 (``_prestart`` may add to it)."""
-    (state_dir).mkdir(parents=True, exist_ok=True)
-    token_file = state_dir.parent / "operator_token"
-    token_file.write_text(OPERATOR)
-    token_file.chmod(0o600)
     # Every test client is 127.0.0.1: the per-address engagement cap is raised unless a
     # test sets it (tests/relay/test_relay_review_fixes.py does).
     overrides.setdefault("max_engagements_per_address", 10_000)
-    overrides.setdefault("heartbeat_seconds", 5.0)
-    cfg = load_config(None, env={}, state_dir=str(state_dir),
-                      operator_token_file=str(token_file), log_file="relay.log",
-                      **overrides)
-    app = create_app(cfg, clock=clock, env={})
-    if _prestart is not None:
-        _prestart(app)
-    server = TestServer(app, host="127.0.0.1", access_log_class=NoPersonalDataAccessLogger)
-    await server.start_server()
-    return server
+    return await OperatorRelay.start(state_dir.parent, OPERATOR, state_dir=state_dir,
+                                     clock=clock, prestart=_prestart, **overrides)
 
 
 @pytest.fixture

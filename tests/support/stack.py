@@ -23,7 +23,7 @@ from typing import Any
 
 from envelope import PartyKeys, b64e
 
-from .procs import Service, free_port
+from .procs import Service, free_port, write_operator_token
 
 __all__ = ["ORIGIN", "Stack", "deploy_accounts", "reconnect_until", "wait_until"]
 
@@ -78,8 +78,7 @@ class Stack:
         """The relay operator token (written once, mode 0600, outside the state dir)."""
         path = self.root / "operator_token"
         if not path.exists():
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
+            write_operator_token(self.root, secrets.token_urlsafe(32))
         return path.read_text().strip()
 
     # processes ------------------------------------------------------------------

@@ -10,14 +10,12 @@ import asyncio
 import math
 import pathlib
 import random
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -30,11 +28,9 @@ from controller_vault.metrics import VaultMetrics
 from controller_vault.pairing import publish_vault_key
 from controller_vault.store import VaultStore
 from envelope import PartyKeys, encode_body, envelope_hash, parse_envelope, seal
-from relay.app import create_app
-from relay.config import load_config as load_relay_config
-from relay.logs import NoPersonalDataAccessLogger
 from relay.state import STATE
 from relay.store import OutboxEntry
+from tests.support.procs import OperatorRelay
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -82,36 +78,19 @@ class Link:
 
 
 @asynccontextmanager
-async def _linked(tmp_path: pathlib.Path, n: int, **relay: Any) -> AsyncIterator[Link]:
-    """A relay (config ``relay``) with ``n`` sealed envelopes queued for a paired vault."""
-    state = tmp_path / "relay"
-    state.mkdir()
-    token_file = tmp_path / "operator_token"
-    token_file.write_text(OPERATOR)
-    token_file.chmod(0o600)
-    # Bound first: the relay names its origin in the link challenge.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    cfg = load_relay_config(None, env={}, state_dir=str(state), public_origin=url,
-                            operator_token_file=str(token_file), log_file="relay.log",
-                            heartbeat_seconds=5.0, **relay)
-    app = create_app(cfg, env={})
-    runner = web.AppRunner(app, access_log_class=NoPersonalDataAccessLogger)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+async def _linked(tmp_path: pathlib.Path, n: int,
+                  **relay_config: Any) -> AsyncIterator[Link]:
+    """A relay (config ``relay_config``) with ``n`` sealed envelopes queued for a paired vault."""
+    # The relay names its own URL in the link challenge (OperatorRelay binds it first).
+    relay = await OperatorRelay.start(tmp_path, OPERATOR, state_dir=tmp_path / "relay",
+                                      **relay_config)
+    app, url = relay.app, relay.url
     keys = init_vault(tmp_path / "vault", ACCOUNT, now=int(time.time()))
     store = await VaultStore.open(tmp_path / "vault" / "vault.db", ACCOUNT)
     keystore = await KeyStore.open(tmp_path / "vault" / "keys.db", keys.master_key)
     try:
-        async with aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {OPERATOR}"}) as http:
-            async with http.post(f"{url}/v1/accounts", json={
-                    "account": ACCOUNT, "origins": ["https://clinic.example"],
-                    "mode": "standard", "retention_days": 30}) as resp:
-                assert resp.status == 201, await resp.text()
-            async with http.post(f"{url}/v1/accounts/{ACCOUNT}/admin-tokens") as resp:
-                admin = str((await resp.json())["token"])
+        admin = await relay.create_account(ACCOUNT, origins=["https://clinic.example"],
+                                           mode="standard", retention_days=30)
         await publish_vault_key(url, admin, keys)
         visitor, now = PartyKeys.generate(), int(time.time())
         entries = []
@@ -128,7 +107,7 @@ async def _linked(tmp_path: pathlib.Path, n: int, **relay: Any) -> AsyncIterator
     finally:
         await store.close()
         await keystore.close()
-        await runner.cleanup()
+        await relay.close()
 
 
 async def _stored_once(link: Link) -> None:

@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import pathlib
 import random
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -36,11 +35,9 @@ from controller_vault.metrics import VaultMetrics
 from controller_vault.pairing import publish_vault_key, relay_ssl
 from controller_vault.store import VaultStore
 from envelope import PartyKeys, encode_body, envelope_hash, parse_envelope, seal
-from relay.app import create_app
-from relay.config import load_config as load_relay_config
-from relay.logs import NoPersonalDataAccessLogger
 from relay.state import STATE
 from relay.store import OutboxEntry
+from tests.support.procs import OperatorRelay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,43 +125,20 @@ def pki(tmp_path: pathlib.Path) -> Pki:
 
 @pytest.fixture
 async def tls_relay(tmp_path: pathlib.Path, pki: Pki) -> AsyncIterator[TlsRelay]:
-    state = tmp_path / "relay"
-    state.mkdir()
-    token_file = tmp_path / "operator_token"
-    token_file.write_text(OPERATOR)
-    token_file.chmod(0o600)
-    # Bind first: the relay states its https origin in the link challenge, so the port
-    # must be known before the app is built.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    url = f"https://127.0.0.1:{sock.getsockname()[1]}"
-    cfg = load_relay_config(None, env={}, state_dir=str(state), public_origin=url,
-                            operator_token_file=str(token_file), log_file="relay.log",
-                            heartbeat_seconds=5.0)
-    app = create_app(cfg, env={})
+    # The relay states its https origin in the link challenge: OperatorRelay binds the
+    # port before the app is built.
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(pki.cert_file, pki.key_file)
-    runner = web.AppRunner(app, access_log_class=NoPersonalDataAccessLogger)
-    await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=server_ctx).start()
-    relay = TlsRelay(url, app)
+    server = await OperatorRelay.start(
+        tmp_path, OPERATOR, state_dir=tmp_path / "relay", ssl_context=server_ctx,
+        client_ssl=ssl.create_default_context(cafile=pki.ca_file))
+    relay = TlsRelay(server.url, server.app)
     try:
-        operator_tls = ssl.create_default_context(cafile=pki.ca_file)
-        async with aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {OPERATOR}"},
-                timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async with http.post(f"{url}/v1/accounts", ssl=operator_tls, json={
-                    "account": ACCOUNT, "origins": ["https://clinic.example"],
-                    "mode": "standard", "retention_days": 30}) as resp:
-                assert resp.status == 201, await resp.text()
-            async with http.post(f"{url}/v1/accounts/{ACCOUNT}/admin-tokens",
-                                 ssl=operator_tls) as resp:
-                assert resp.status == 201
-                relay.admin = str((await resp.json())["token"])
+        relay.admin = await server.create_account(
+            ACCOUNT, origins=["https://clinic.example"], mode="standard", retention_days=30)
         yield relay
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 @pytest.fixture
