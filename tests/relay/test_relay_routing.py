@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from relay.routing import Delivery, Router, RoutingError
@@ -164,3 +166,28 @@ def test_live_engagements_per_address_are_capped() -> None:
     open_one(4, "tag-y")  # another address is unaffected
     r.end(eng=r.engagements["eng-00000001"], role="visitor", now=1)
     open_one(5, "tag-x")  # an ended engagement frees its slot
+
+
+def test_the_per_address_count_follows_every_close_and_forgets_gone_addresses() -> None:
+    r = Router(max_per_client=3, resume_grace=10, queue_timeout=1_000)
+    for n in range(12):  # four addresses, three each: all at their cap
+        r.open_engagement(account="a", mode="standard", engagement=f"eng-{n:08d}",
+                          conn=f"V{n}", resume_token=f"t{n:019d}", visitor_keys=None, now=0,
+                          client=f"tag-{n % 4}")
+    for n in range(12):
+        with pytest.raises(RoutingError):
+            r.open_engagement(account="a", mode="standard", engagement=f"eng-x{n:07d}",
+                              conn=f"X{n}", resume_token=f"x{n:019d}", visitor_keys=None,
+                              now=0, client=f"tag-{n % 4}")
+    # Closed every way a live engagement ends: by a party, and abandoned by the sweep.
+    r.end(eng=r.engagements["eng-00000000"], role="visitor", now=1)
+    r.end(eng=r.engagements["eng-00000005"], role="agent", now=1)
+    for n in (2, 6, 10):
+        r.visitor_left(f"V{n}", 1)
+    r.tick(100)  # past the resume grace: abandoned
+    live = collections.Counter(e.client for e in r.engagements.values())
+    assert dict(live) == {"tag-0": 2, "tag-1": 2, "tag-3": 3}  # tag-2's three left
+    assert r._per_client == {k: v for k, v in live.items() if v}
+    for eng in list(r.engagements.values()):
+        r.end(eng=eng, role="visitor", now=200)
+    assert r._per_client == {}  # no entry kept per address once its engagements ended
