@@ -98,6 +98,9 @@ def _refuse_newer(path: pathlib.Path, newest: int) -> None:
     newer vault. ``immutable=1`` reads the main file with no lock and no -wal or -shm
     created; when a -wal exists (a vault stopped before its last checkpoint) it may hold
     the newest pages, so a read-only connection reads through it and never checkpoints.
+    A file a newer vault upgrades between this read and the open (two at once) is still
+    refused after the open, but the pragmas and the close may have folded its -wal into
+    the file by then: unchanged content, not unchanged bytes.
     """
     if not path.exists():
         return

@@ -16,7 +16,8 @@
     └── SchemaNewer                  store.schema_newer           503
 
 ``SchemaNewer`` is raised at start, never to a client: the state database was written
-by a newer relay (``relay serve`` prints it and exits 1, leaving the file untouched).
+by a newer relay (``relay serve`` prints it and exits 78, which relay.service does not
+restart on, leaving the file untouched).
 
 Messages are fixed strings plus ids: never request contents, so they are safe to
 log and to send back. The middleware in :mod:`relay.admin` turns them into

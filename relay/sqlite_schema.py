@@ -40,7 +40,11 @@ def refuse_newer(path: pathlib.Path) -> None:
     change. ``immutable=1`` reads the main file with no lock and no -wal or -shm
     created. A -wal left by a relay that stopped without its last checkpoint may hold
     the newest pages (the schema version among them), so then a read-only connection
-    reads through it; being read-only it never checkpoints it into the file.
+    reads through it; being read-only it never checkpoints it into the file. A file a
+    newer relay upgrades between this read and the writer's open (two relays on one
+    directory at once) is still refused by the upgrade step, but by then the writer's
+    pragmas and its close may have folded the -wal into the file: unchanged content,
+    not unchanged bytes.
     """
     if not path.exists():
         return

@@ -14,9 +14,10 @@ blocks the event loop. Errors carry fixed messages: the recipient address and th
 server's reply (which may echo it) never reach a log line or an error body.
 
 Two kinds of failure: ``mail.rejected`` (MailRejected) when the server refuses this
-message for good, a 5xx reply to MAIL FROM, RCPT TO or DATA; ``mail.send_failed`` for
-everything that may pass (4xx replies, connection refused or reset, timeouts, TLS,
-and 5xx to EHLO, STARTTLS or AUTH, which are the vault's configuration, not the message).
+message for good, a 5xx reply to RCPT TO or DATA (552 to MAIL FROM); ``mail.send_failed``
+for everything that may pass (4xx replies, connection refused or reset, timeouts, TLS)
+and for what is the vault's own setup, not the message (5xx to EHLO, STARTTLS, AUTH or
+MAIL FROM, 530, x.7.x policy replies).
 
 >>> SmtpConfig(host="127.0.0.1", port=25, security="none", from_addr="v@x.example").port
 25
@@ -55,6 +56,11 @@ _MAX_ADDRESS = 254
 # wants the vault to log in or encrypt, whatever the message. Like a 5xx to AUTH it is
 # the vault's configuration, retried so that fixing [smtp] delivers the waiting mail.
 _CONFIG_REPLIES = frozenset({530})
+# An enhanced status code (RFC 3463) at the start of a reply: only these digits are read
+# from the server's text, which may quote the address. Class 7 (x.7.x: security or
+# policy, e.g. 5.7.1 "relaying denied", 5.7.26 "SPF/DMARC failed") is the vault's
+# sending setup, the same for every message: retried like the 530 above.
+_ENHANCED = re.compile(rb"\s*[245]\.(\d{1,3})\.\d{1,3}(?:\s|$)")
 
 
 @dataclass(frozen=True)
@@ -169,19 +175,40 @@ def _send_sync(config: SmtpConfig, msg: EmailMessage) -> None:
 
 
 def _permanent_refusal(exc: smtplib.SMTPException) -> int | None:
-    """The 5xx reply code if the server refused this message for good, else None."""
-    codes: list[int]
+    """The 5xx reply code if the server refused this message for good, else None.
+
+    Only refusals of this message's recipient or content end its job: a refusal of the
+    vault's sender (MAIL FROM, but for 552: this message too large) or of its standing
+    (an x.7.x policy reply) would refuse every job alike until the controller fixes the
+    setup, so those are retried, and the waiting transcripts go out once it is fixed.
+    """
+    replies: list[tuple[int, bytes]]
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [int(code) for code, _reply in exc.recipients.values()]
-    elif isinstance(exc, smtplib.SMTPSenderRefused | smtplib.SMTPDataError):
-        codes = [int(exc.smtp_code)]
+        replies = [(int(code), _raw(text)) for code, text in exc.recipients.values()]
+    elif isinstance(exc, smtplib.SMTPSenderRefused):
+        if int(exc.smtp_code) != 552:
+            return None
+        replies = [(552, _raw(exc.smtp_error))]
+    elif isinstance(exc, smtplib.SMTPDataError):
+        replies = [(int(exc.smtp_code), _raw(exc.smtp_error))]
     else:
         return None  # a dropped connection, a refused EHLO: may pass
     # Permanent only if every recipient was refused permanently: one 4xx among them
     # means a retry can still deliver (smtplib raises only when all were refused).
-    if codes and all(500 <= c < 600 and c not in _CONFIG_REPLIES for c in codes):
-        return codes[0]
+    if replies and all(500 <= c < 600 and c not in _CONFIG_REPLIES and not _policy(text)
+                       for c, text in replies):
+        return replies[0][0]
     return None
+
+
+def _raw(text: bytes | str) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8", "replace")
+
+
+def _policy(reply: bytes) -> bool:
+    """Whether the reply's enhanced status code is of class 7 (security or policy)."""
+    m = _ENHANCED.match(reply)
+    return m is not None and m.group(1) == b"7"
 
 
 async def send_message(config: SmtpConfig, msg: EmailMessage) -> None:

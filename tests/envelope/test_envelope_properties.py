@@ -266,6 +266,7 @@ def _spellings(obj: dict[str, Any]) -> list[bytes]:
             json.dumps(obj, sort_keys=True, separators=(",", ":"),
                        ensure_ascii=False).encode("utf-8", "surrogatepass"),
             json.dumps(obj, sort_keys=True).encode(),
+            canonical.replace(b"\\u007f", b"\x7f"),  # DEL unescaped: orjson's spelling
             json.dumps(obj, separators=(",", ":")).encode(),
             canonical.replace(b"1", b"1.0", 1), canonical + b" "]
 
@@ -306,6 +307,14 @@ def _has_float_or_non_ascii(value: Any) -> bool:
         return any(_has_float_or_non_ascii(k) or _has_float_or_non_ascii(v)
                    for k, v in value.items())
     return False
+
+
+def test_a_raw_del_byte_is_not_canonical() -> None:
+    from envelope._codec import is_canonical_ascii
+
+    raw = b'{"a":"\x7f"}'  # canonical_json writes DEL as \u007f; orjson leaves it raw
+    assert canonical_json(json.loads(raw)) != raw
+    assert is_canonical_ascii(json.loads(raw), raw) is False
 
 
 def test_a_header_nested_deeper_than_orjson_writes_is_refused_not_a_crash() -> None:

@@ -105,7 +105,14 @@ async def test_wrong_password_fails_without_echoing_anything(
 @pytest.mark.parametrize(("refuse", "reply", "code", "smtp_code"), [
     ("RCPT", "550 5.1.1 <{address}>: mailbox unavailable", "mail.rejected", 550),
     ("RCPT", "553 5.1.3 <{address}>: bad destination address", "mail.rejected", 553),
-    ("MAIL", "553 5.1.8 <{address}>: sender address rejected", "mail.rejected", 553),
+    # The vault's sender refused: its setup, the same for every job, so retried (but a
+    # message too large for the server, 552, is this message's own).
+    ("MAIL", "553 5.1.8 <{address}>: sender address rejected", "mail.send_failed", None),
+    ("MAIL", "552 5.3.4 message size exceeds fixed limit", "mail.rejected", 552),
+    # x.7.x: relaying denied, SPF/DMARC: the vault's standing with the server, retried.
+    ("RCPT", "554 5.7.1 <{address}>: Relay access denied", "mail.send_failed", None),
+    ("RCPT", "550 5.7.26 unauthenticated mail for <{address}> is prohibited",
+     "mail.send_failed", None),
     ("DATA", "554 5.6.0 message for <{address}> refused", "mail.rejected", 554),
     ("RCPT", "451 4.3.0 <{address}>: try again later", "mail.send_failed", None),
     ("DATA", "452 4.3.1 insufficient storage for <{address}>", "mail.send_failed", None),
