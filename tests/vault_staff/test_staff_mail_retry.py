@@ -1,7 +1,8 @@
 """Transcript email is a durable job: a failed send is retried with backoff against a real
 SMTP server that comes up later, given up after the last delay, and a vault SIGKILLed
 between storing the request and sending the mail sends it after the restart. A 5xx
-refusal of the recipient ends the job at once; a 4xx keeps the retry schedule."""
+refusal of the recipient ends the job at once; a 4xx keeps the retry schedule. Each
+outcome is counted on /metrics under a fixed label."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller_vault.app import MAILER, STORE
 from controller_vault.config import StaffSettings
 from controller_vault.keyfiles import init_vault, load_vault_keys
 from controller_vault.keystore import KeyStore
+from controller_vault.metrics import MAIL_OUTCOMES
 from controller_vault.staff.mailer import SmtpConfig
 from controller_vault.staff_services import TranscriptMailer
 from controller_vault.store import VaultStore
@@ -239,3 +242,38 @@ async def test_a_4xx_refusal_keeps_the_retry_schedule(
     assert (mailer.sent, mailer.rejected, mailer.failed_attempts) == (0, 0, 2)
     assert all(ADDRESS not in repr(e) for e, _, _ in await store.audit_rows())
     assert all(ADDRESS not in line for line in _our_log_lines(caplog))
+
+
+async def _mail_counts(v: Any) -> dict[str, float]:
+    """vault_transcript_mail_total by outcome, as the vault's /metrics serves it."""
+    resp = await v.client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert ADDRESS not in text and "eng-metric" not in text  # no address nor id as a label
+    return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "vault_transcript_mail" for s in f.samples
+            if s.name == "vault_transcript_mail_total"}
+
+
+async def test_mail_outcomes_are_counted_on_metrics_under_fixed_labels(
+        make_staff_vault) -> None:
+    port = _free_port()
+    v = await make_staff_vault(StaffSettings(smtp=_smtp(port)))
+    mailer = v.app[MAILER]
+    # Every outcome is exported at 0 before the first mail, so an alert sees the first.
+    assert await _mail_counts(v) == dict.fromkeys(MAIL_OUTCOMES, 0.0)
+    mailbox = Mailbox()
+    with smtp_server(mailbox, port):
+        await _request(v, "eng-metric-0001")
+        await asyncio.wait_for(mailer.drain(), 30)
+    assert len(mailbox.messages) == 1
+    assert await _mail_counts(v) == {**dict.fromkeys(MAIL_OUTCOMES, 0.0), "sent": 1.0}
+    refusing = RefusingMailbox(refuse="RCPT")  # 550 to RCPT TO: rejected for good
+    with smtp_server(refusing, port):
+        await _request(v, "eng-metric-0002")
+        await asyncio.wait_for(mailer.drain(), 30)
+    assert refusing.tries == 1
+    await _request(v, "eng-metric-0003")  # and nothing listens now: a retry
+    await asyncio.wait_for(mailer.drain(), 30)
+    assert await _mail_counts(v) == {**dict.fromkeys(MAIL_OUTCOMES, 0.0),
+                                     "sent": 1.0, "rejected": 1.0, "retry": 1.0}
