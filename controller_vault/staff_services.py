@@ -321,8 +321,9 @@ class TranscriptMailer:
                     # fails after the server took the mail, the job comes back only
                     # when the lease ends (one more send per lease at worst, never a
                     # loop mailing the visitor); a job erased meanwhile (the cascade
-                    # removed it) is not sent at all.
-                    if await self._store.lease_mail_job(job.envelope_id,
+                    # removed it) is not sent at all, nor one another sender leased
+                    # since it was read as due.
+                    if await self._store.lease_mail_job(job.envelope_id, now,
                                                         now + self.LEASE_S):
                         await self._attempt(job)
         return len(attempted)
