@@ -262,7 +262,8 @@ async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
     alerts = AlertRaiser(AlertDispatcher(settings.alerts, registry=metrics.registry,
                                          session=session, smtp=settings.smtp),
                          keys.account, clock=clock)
-    mailer = TranscriptMailer(store, keystore, settings.smtp, clock=clock)
+    mailer = TranscriptMailer(store, keystore, settings.smtp, clock=clock,
+                              on_outcome=metrics.count_transcript_mail)
     notices = NoticePump(store, clock=clock)
 
     def anomaly(kind: str, code: str) -> None:

@@ -241,6 +241,14 @@ def restore_backup(source: str | os.PathLike[str], state_dir: str | os.PathLike[
                    force: bool = False) -> RestoreReport:
     """Check a backup's manifests, checksums and integrity, then put its stores in place."""
     src, state = pathlib.Path(source), pathlib.Path(state_dir)
+    from .serve import SERVE_LOCK, serve_lock_held  # here: serve imports the whole app
+
+    if serve_lock_held(state):
+        # The SQLite check below sees only stores held open; a serve starting up (or
+        # between its stores) holds the lock first. Replacing its files under it
+        # would split them from their WAL and corrupt both.
+        raise BackupError(f"a controller-vault serve is running on {state} ({SERVE_LOCK} "
+                          "is held); stop it first", code="backup.live_store")
     manifests = {part: _read_manifest(src / part, part) for part in parts}
     accounts = {m["account"] for m in manifests.values()}
     live_account = _account(state) if state.exists() else None

@@ -56,37 +56,54 @@ async def open_database(path: str | os.PathLike[str], schema: str, *,
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # created 0600, never wider
         os.close(fd)
         db = await aiosqlite.connect(pathlib.Path(path), isolation_level=None)
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA secure_delete = ON")
-        await db.execute("PRAGMA foreign_keys = ON")
-        if max_page_count is not None:
-            # A size quota: writes beyond it fail like a full disk (SQLITE_FULL).
-            await db.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        if version > newest:  # made newer after _refuse_newer read it: still refused
-            await db.close()
-            raise SchemaNewer(pathlib.Path(path).name, version, newest)
-        for number, sql in files:
-            if number > version:
-                await db.execute("BEGIN IMMEDIATE")
-                # Read the version again under the write lock: another process opening
-                # the same file (serve and a CLI command) may have applied it meanwhile.
-                async with db.execute("PRAGMA user_version") as cur:
-                    row = await cur.fetchone()
-                if row and int(row[0]) >= number:
-                    await db.execute("COMMIT")
-                    continue
-                for statement in _split_sql(sql):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {number}")
-                await db.execute("COMMIT")
-        return db
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot open database {path}: {exc.__class__.__name__}") from None
+    try:
+        await _prepare(db, pathlib.Path(path).name, files, newest,
+                       busy_timeout_ms=busy_timeout_ms, max_page_count=max_page_count)
+    except BaseException as exc:
+        # Closed on every failure (a corrupt file, a lock past the timeout, SchemaNewer,
+        # a cancel): an open aiosqlite connection's thread keeps the process alive, so
+        # a CLI command would print its error and then hang.
+        with contextlib.suppress(sqlite3.Error):
+            await db.close()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreUnavailable(
+                f"cannot open database {path}: {exc.__class__.__name__}") from None
+        raise
+    return db
+
+
+async def _prepare(db: aiosqlite.Connection, name: str, files: list[tuple[int, str]],
+                   newest: int, *, busy_timeout_ms: int, max_page_count: int | None) -> None:
+    """Set the pragmas on a new connection and apply the schema files it lacks."""
+    await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute("PRAGMA secure_delete = ON")
+    await db.execute("PRAGMA foreign_keys = ON")
+    if max_page_count is not None:
+        # A size quota: writes beyond it fail like a full disk (SQLITE_FULL).
+        await db.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > newest:  # made newer after _refuse_newer read it: still refused
+        raise SchemaNewer(name, version, newest)
+    for number, sql in files:
+        if number > version:
+            await db.execute("BEGIN IMMEDIATE")
+            # Read the version again under the write lock: another process opening
+            # the same file (serve and a CLI command) may have applied it meanwhile.
+            async with db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            if row and int(row[0]) >= number:
+                await db.execute("COMMIT")
+                continue
+            for statement in _split_sql(sql):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {number}")
+            await db.execute("COMMIT")
 
 
 def _refuse_newer(path: pathlib.Path, newest: int) -> None:

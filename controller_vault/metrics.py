@@ -1,16 +1,20 @@
 """Prometheus metrics of one vault, on a registry of its own (no global state).
 
-Labels take only bounded, non-personal values: refusal codes, anomaly kinds and
-link states from fixed sets.
+Labels take only bounded, non-personal values: refusal codes, anomaly kinds, link
+states and transcript-mail outcomes from fixed sets.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LINK_STATES", "VaultMetrics"]
+__all__ = ["LINK_STATES", "MAIL_OUTCOMES", "VaultMetrics"]
 
 LINK_STATES = ("disabled", "connecting", "authenticating", "ready", "backoff")
+#: What one transcript-mail attempt came to (README.md, "Transcript email", maps the
+#: audited outcome codes onto these).
+MAIL_OUTCOMES = ("sent", "rejected", "gave_up", "retry", "refused", "smtp_not_configured",
+                 "internal_error")
 
 
 class VaultMetrics:
@@ -52,6 +56,11 @@ class VaultMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
         self.redactions = Counter("vault_redactions", "Values masked at ingest, by rule",
                                   ["rule"], registry=r)  # rule names come from config
+        self.transcript_mail = Counter("vault_transcript_mail",
+                                       "Transcript email attempts, by outcome", ["outcome"],
+                                       registry=r)
+        for outcome in MAIL_OUTCOMES:  # at 0 from the start: increase() sees the first one
+            self.transcript_mail.labels(outcome=outcome)
         self.set_link_state("disabled")
 
     def set_link_state(self, state: str) -> None:
@@ -64,3 +73,10 @@ class VaultMetrics:
         self.anomalies.labels(kind=kind).inc()
         if code != "vault.gap":
             self.rejected.labels(reason=code).inc()
+
+    def count_transcript_mail(self, outcome: str) -> None:
+        """The mail worker's hook: count one attempt by its outcome (one of MAIL_OUTCOMES)."""
+        # Anything else is a bug upstream; it is counted, but never becomes a new label
+        # (an address or an engagement id would otherwise reach the scrape).
+        self.transcript_mail.labels(
+            outcome=outcome if outcome in MAIL_OUTCOMES else "internal_error").inc()

@@ -123,11 +123,13 @@ def _token(args: argparse.Namespace, cfg: VaultConfig, keys: Any) -> int:
     from .store import AuditRecord
 
     async def op() -> int:
-        token_db = await SqliteTokenStore.open(cfg.state_path)
-        tokens = StaffTokens(token_db)
         now = int(time.time())
-        try:
-            async with _open(cfg, keys) as v:
+        # The vault's stores first: one that is refused (a newer schema, locked, corrupt)
+        # stops the command before staff.db is created or changed.
+        async with _open(cfg, keys) as v:
+            token_db = await SqliteTokenStore.open(cfg.state_path)
+            tokens = StaffTokens(token_db)
+            try:
                 if args.subcommand == "create":
                     ttl = args.ttl_days * 86400 if args.ttl_days else None
                     plain, rec = await tokens.issue(args.actor, args.scope, now=now, ttl_s=ttl)
@@ -147,14 +149,14 @@ def _token(args: argparse.Namespace, cfg: VaultConfig, keys: Any) -> int:
                         {})], now)
                     print(f"revoked {args.token_id}")
                     return 0
-            for rec in await token_db.list_tokens():
-                state = "revoked" if rec.revoked_at else (
-                    "expired" if rec.expires_at and rec.expires_at <= now else "live")
-                print(f"{rec.token_id}  {rec.actor:<24} {','.join(sorted(rec.scopes)):<28} "
-                      f"{state}")
-            return 0
-        finally:
-            await token_db.close()
+                for rec in await token_db.list_tokens():
+                    state = "revoked" if rec.revoked_at else (
+                        "expired" if rec.expires_at and rec.expires_at <= now else "live")
+                    print(f"{rec.token_id}  {rec.actor:<24} "
+                          f"{','.join(sorted(rec.scopes)):<28} {state}")
+                return 0
+            finally:
+                await token_db.close()
 
     return asyncio.run(op())
 

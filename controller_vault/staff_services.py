@@ -202,6 +202,20 @@ class _Refused(Exception):
         self.code = code
 
 
+#: Audited outcome code -> the metric's outcome (metrics.MAIL_OUTCOMES); the codes not
+#: here are ``transcript.*`` (refused) and the rest (internal_error).
+_METRIC_OUTCOMES = {"sent": "sent", "mail.rejected": "rejected", "mail.gave_up": "gave_up",
+                    "mail.send_failed": "retry", "smtp-not-configured": "smtp_not_configured",
+                    "mail.bad_recipient": "refused", "vault.data_key_destroyed": "refused"}
+
+
+def _metric_outcome(code: str) -> str:
+    """The fixed metric label of an audited outcome code (never an id or an address)."""
+    if code.startswith("transcript."):
+        return "refused"
+    return _METRIC_OUTCOMES.get(code, "internal_error")
+
+
 def _normalised_address(address: str) -> str:
     return unicodedata.normalize("NFC", address).strip().casefold()
 
@@ -249,17 +263,21 @@ class TranscriptMailer:
     mailbox unavailable) ends the job at once: resending would only repeat the refusal
     at the visitor's mail server, six times over a day. At least once: a crash after
     the server accepted the mail but before the job was dropped sends it again on restart.
+    Each attempt's outcome goes to ``on_outcome`` as one of a fixed set of words (the
+    app counts them in ``vault_transcript_mail_total{outcome}``).
     """
 
     RETRY_DELAYS_S = (60, 300, 1800, 7200, 21600, 86400)
     LEASE_S = 600  # a job being sent is not due again before this
 
     def __init__(self, store: VaultStore, keystore: KeyStore, smtp: SmtpConfig | None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_outcome: Callable[[str], None] | None = None) -> None:
         self._store = store
         self._keystore = keystore
         self._smtp = smtp
         self._clock = clock
+        self._on_outcome = on_outcome  # the metric: one of metrics.MAIL_OUTCOMES per attempt
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one sender: a job is never attempted twice at once
         self.sent = 0
@@ -303,8 +321,9 @@ class TranscriptMailer:
                     # fails after the server took the mail, the job comes back only
                     # when the lease ends (one more send per lease at worst, never a
                     # loop mailing the visitor); a job erased meanwhile (the cascade
-                    # removed it) is not sent at all.
-                    if await self._store.lease_mail_job(job.envelope_id,
+                    # removed it) is not sent at all, nor one another sender leased
+                    # since it was read as due.
+                    if await self._store.lease_mail_job(job.envelope_id, now,
                                                         now + self.LEASE_S):
                         await self._attempt(job)
         return len(attempted)
@@ -379,5 +398,7 @@ class TranscriptMailer:
                     job.envelope_id, AuditRecord("vault", "transcript-email",
                                                  "visitor-request", job.engagement, detail),
                     now)
+        if self._on_outcome is not None:
+            self._on_outcome(_metric_outcome(outcome))  # after retry / gave_up is decided
         log.info("transcript email for %s: %s%s", job.engagement, outcome,
                  f" (SMTP {smtp_code})" if smtp_code is not None else "")

@@ -215,11 +215,16 @@ class StaffQueries:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    async def lease_mail_job(self, envelope_id: str, until: int) -> bool:
-        """Hold a job while it is sent (not due before ``until``); False: it is gone."""
+    async def lease_mail_job(self, envelope_id: str, now: int, until: int) -> bool:
+        """Hold a job due at ``now`` while it is sent (not due before ``until``); False:
+        it is gone, or not due (leased by another sender, or waiting for its retry)."""
+        # The due check and the update are one statement: of two senders that both read
+        # the job as due (a second serve, a task racing the worker), only one leases it,
+        # so the visitor is not mailed twice by a stale read.
         async with store_errors(self._db, "lease mail job"):
             cur = await self._db.execute(
-                "UPDATE mail_jobs SET next_at = ? WHERE envelope_id = ?", (until, envelope_id))
+                "UPDATE mail_jobs SET next_at = ? WHERE envelope_id = ? AND next_at <= ?",
+                (until, envelope_id, now))
             return bool(cur.rowcount)
 
     async def finish_mail_job(self, envelope_id: str, audit: AuditRecord, now: int) -> None:

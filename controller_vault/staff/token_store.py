@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sqlite3
 from importlib import resources
 
 import aiosqlite
@@ -31,6 +32,33 @@ def _record(row: aiosqlite.Row | tuple[object, ...]) -> TokenRecord:
                        revoked_at=None if revoked is None else int(str(revoked)))
 
 
+def _refuse_newer(path: pathlib.Path) -> None:
+    """Refuse a staff.db of a newer version before anything opens it for writing.
+
+    Even the WAL pragma, a recovery or the checkpoint at close change the file, which
+    the operator needs intact to go back to the newer vault. ``immutable=1`` reads with
+    no lock and no -wal or -shm created; with a -wal (a vault killed before its last
+    checkpoint) a read-only connection reads through it and never checkpoints.
+    """
+    if not path.exists():
+        return
+    wal = path.with_name(path.name + "-wal")
+    uri = path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        row = conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
+        raise _newer(int(row[0]))
+
+
+def _newer(found: int) -> StaffConfigError:
+    return StaffConfigError(f"staff.db is from a newer version (schema {found}, this vault "
+                            f"knows {SCHEMA_VERSION}): run the newer vault",
+                            code="config.staff_db_version")
+
+
 class SqliteTokenStore:
     """The :class:`~controller_vault.staff.tokens.TokenStore` on an aiosqlite connection."""
 
@@ -41,20 +69,22 @@ class SqliteTokenStore:
     async def open(cls, state_dir: str | os.PathLike[str]) -> SqliteTokenStore:
         """Open (creating if needed) ``staff.db`` in ``state_dir``, mode 0600."""
         path = pathlib.Path(state_dir) / STAFF_DB_NAME
+        _refuse_newer(path)  # first: nothing may write to a newer staff.db
         # Create the file 0600 before SQLite does, so token hashes are never world-readable.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         conn = await aiosqlite.connect(path)
         try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA busy_timeout=2000")
+            # The version again on this connection, before the WAL pragma: a newer vault
+            # may have upgraded the file since _refuse_newer read it.
             async with conn.execute("PRAGMA user_version") as cur:
                 row = await cur.fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
-                raise StaffConfigError("staff.db is from a newer version",
-                                       code="config.staff_db_version")
+                raise _newer(version)
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA busy_timeout=2000")
             if version < SCHEMA_VERSION:
                 schema = resources.files(__package__).joinpath("staff_schema.sql").read_text()
                 await conn.executescript(schema)

@@ -66,7 +66,7 @@ def test_every_metric_an_alert_uses_is_exposed_by_a_service() -> None:
 @pytest.mark.parametrize("metric", [
     'relay_vault_links{state="ready"}', 'vault_link_state{state="ready"}',
     "relay_outbox_oldest_age_seconds", "relay_outbox_backlog", "vault_anomalies_total",
-    "vault_rejected_envelopes_total",
+    "vault_rejected_envelopes_total", "vault_transcript_mail_total",
 ])
 def test_every_service_health_metric_has_an_alert(metric: str) -> None:
     assert metric in (PROM / "alerts.yml").read_text()

@@ -1,5 +1,6 @@
 """The `controller-vault` command in real subprocesses: init, audit verify, rotate-key,
-certify-agent, and serve under a systemd-style notify socket with credentials."""
+certify-agent, a store that fails to open (one line, no hang), and serve under a
+systemd-style notify socket with credentials."""
 
 from __future__ import annotations
 
@@ -56,6 +57,28 @@ def test_audit_verify_exit_codes(tmp_path):
     con.close()
     bad = _cli("audit", "verify", "--state-dir", state, check=False)
     assert bad.returncode == 1 and "entry 2" in bad.stderr and "audit.changed" in bad.stderr
+
+
+def test_a_store_failing_after_its_connection_opened_exits_with_one_line(tmp_path):
+    state = tmp_path / "v"
+    _cli("init", "--account", "clinic", "--state-dir", str(state))
+    _cli("rotate-key", "--state-dir", str(state))  # vault.db now exists, closed cleanly
+    db = state / "vault.db"
+    for suffix in ("-wal", "-shm"):
+        (state / f"vault.db{suffix}").unlink(missing_ok=True)
+    data = db.read_bytes()
+    # The 100-byte header stays valid, so the read-only version check before connecting
+    # passes; the rest of page 1 (the schema table) is garbage, so the first statement
+    # on the new connection that loads the schema fails. Its aiosqlite thread, left
+    # open, kept the command alive after the error line (_cli's timeout fails the test).
+    db.write_bytes(data[:100] + b"\xa5" * 3996 + data[4096:])
+    for command in (["audit", "verify"], ["transcripts", "list"]):
+        started = time.monotonic()
+        proc = _cli(*command, "--state-dir", str(state), check=False)
+        assert time.monotonic() - started < 20, command
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == (f"controller-vault: vault.store_unavailable: cannot open "
+                               f"database {db}: DatabaseError\n")
 
 
 def test_missing_key_file_stops_serve_with_the_file_named(tmp_path):

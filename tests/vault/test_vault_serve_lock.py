@@ -1,9 +1,11 @@
 """One `controller-vault serve` per state directory, in real subprocesses: a second one
 exits at once with one line on stderr while the first keeps serving, staff commands
-still run beside it, and a SIGKILLed serve leaves no stale lock behind."""
+still run beside it, a SIGKILLed serve leaves no stale lock behind, and restore refuses
+(one line, nothing changed) while a serve holds the lock."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import stat
@@ -12,6 +14,11 @@ import sys
 
 import pytest
 
+from controller_vault.backup import BackupError, restore_backup, take_backup
+from controller_vault.keyfiles import init_vault, load_vault_keys
+from controller_vault.keystore import KeyStore
+from controller_vault.serve import SERVE_LOCK, hold_serve_lock
+from controller_vault.store import VaultStore
 from tests.support.procs import Service, free_port, wait_http_ok
 
 pytestmark = pytest.mark.timeout(90)
@@ -63,3 +70,63 @@ def test_a_second_serve_on_the_same_vault_exits_and_a_killed_one_leaves_no_lock(
             assert third.stop() == 0, third.output()[-2000:]
     finally:
         first.stop()
+
+
+def _stores(state: pathlib.Path) -> dict[str, int]:
+    """The state directory's file names, with the inode of each store (a restore
+    replaces a store by a new file)."""
+    return {p.name: p.stat().st_ino if p.suffix == ".db" else 0 for p in state.iterdir()}
+
+
+def test_restore_refuses_while_serve_runs_and_works_once_it_stopped(
+        tmp_path: pathlib.Path) -> None:
+    state, backup = tmp_path / "vault", tmp_path / "backup"
+    assert _cli("init", "--account", "clinic", "--state-dir", str(state)).returncode == 0
+    port = free_port()
+    running = _serve(state, port, tmp_path / "serve.out").start()
+    try:
+        assert _cli("backup", str(backup), "--state-dir", str(state)).returncode == 0
+        before = _stores(state)
+        refused = _cli("restore", str(backup), "--state-dir", str(state), "--force")
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"controller-vault: backup.live_store: a controller-vault serve is running on "
+            f"{state} (serve.lock is held); stop it first\n")
+        assert _stores(state) == before  # nothing staged, nothing replaced
+        assert running.proc is not None and running.proc.poll() is None
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        assert running.stop() == 0, running.output()[-2000:]
+    restored = _cli("restore", str(backup), "--state-dir", str(state), "--force")
+    assert restored.returncode == 0, restored.stderr
+    assert "restored data" in restored.stdout and "restored keys" in restored.stdout
+    assert _stores(state)["vault.db"] != before["vault.db"]
+    # Into a directory no serve ever used: no serve.lock is made by checking it.
+    fresh = tmp_path / "fresh"
+    assert _cli("restore", str(backup), "--state-dir", str(fresh)).returncode == 0
+    assert (fresh / "vault.db").exists() and not (fresh / SERVE_LOCK).exists()
+
+
+def test_restore_refuses_on_the_lock_alone(tmp_path: pathlib.Path) -> None:
+    # A serve that holds the lock but has no store open yet (starting up): the SQLite
+    # check alone would let the restore replace the files it is about to open.
+    state, backup = tmp_path / "vault", tmp_path / "backup"
+    init_vault(state, "clinic", now=1_800_000_000)
+    asyncio.run(_touch_stores(state))
+    take_backup(state, backup, now=1_800_000_000)
+    lock = hold_serve_lock(state)
+    try:
+        with pytest.raises(BackupError) as err:
+            restore_backup(backup, state, force=True)
+        assert err.value.code == "backup.live_store" and SERVE_LOCK in err.value.message
+    finally:
+        os.close(lock)
+    assert restore_backup(backup, state, force=True).parts["data"] == ["vault.db"]
+
+
+async def _touch_stores(state: pathlib.Path) -> None:
+    keys = load_vault_keys(state)
+    store = await VaultStore.open(state / "vault.db", keys.account)
+    keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+    await keystore.close()
+    await store.close()

@@ -1,7 +1,9 @@
 """Transcript email is a durable job: a failed send is retried with backoff against a real
 SMTP server that comes up later, given up after the last delay, and a vault SIGKILLed
 between storing the request and sending the mail sends it after the restart. A 5xx
-refusal of the recipient ends the job at once; a 4xx keeps the retry schedule."""
+refusal of the recipient ends the job at once; a 4xx keeps the retry schedule. Each
+outcome is counted on /metrics under a fixed label. A job leased by one sender cannot be
+leased by another (a second serve) before its lease ends."""
 
 from __future__ import annotations
 
@@ -18,15 +20,18 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller_vault.app import MAILER, STORE
 from controller_vault.config import StaffSettings
+from controller_vault.ingest import Ingestor
 from controller_vault.keyfiles import init_vault, load_vault_keys
 from controller_vault.keystore import KeyStore
+from controller_vault.metrics import MAIL_OUTCOMES
 from controller_vault.staff.mailer import SmtpConfig
 from controller_vault.staff_services import TranscriptMailer
-from controller_vault.store import VaultStore
-from envelope import PartyKeys
+from controller_vault.store import AuditRecord, VaultStore
+from envelope import PartyKeys, encode_body, seal
 
 from .conftest import Mailbox, RefusingMailbox, _free_port, smtp_server
 
@@ -239,3 +244,97 @@ async def test_a_4xx_refusal_keeps_the_retry_schedule(
     assert (mailer.sent, mailer.rejected, mailer.failed_attempts) == (0, 0, 2)
     assert all(ADDRESS not in repr(e) for e, _, _ in await store.audit_rows())
     assert all(ADDRESS not in line for line in _our_log_lines(caplog))
+
+
+async def _mail_counts(v: Any) -> dict[str, float]:
+    """vault_transcript_mail_total by outcome, as the vault's /metrics serves it."""
+    resp = await v.client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert ADDRESS not in text and "eng-metric" not in text  # no address nor id as a label
+    return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "vault_transcript_mail" for s in f.samples
+            if s.name == "vault_transcript_mail_total"}
+
+
+async def test_mail_outcomes_are_counted_on_metrics_under_fixed_labels(
+        make_staff_vault) -> None:
+    port = _free_port()
+    v = await make_staff_vault(StaffSettings(smtp=_smtp(port)))
+    mailer = v.app[MAILER]
+    # Every outcome is exported at 0 before the first mail, so an alert sees the first.
+    assert await _mail_counts(v) == dict.fromkeys(MAIL_OUTCOMES, 0.0)
+    mailbox = Mailbox()
+    with smtp_server(mailbox, port):
+        await _request(v, "eng-metric-0001")
+        await asyncio.wait_for(mailer.drain(), 30)
+    assert len(mailbox.messages) == 1
+    assert await _mail_counts(v) == {**dict.fromkeys(MAIL_OUTCOMES, 0.0), "sent": 1.0}
+    refusing = RefusingMailbox(refuse="RCPT")  # 550 to RCPT TO: rejected for good
+    with smtp_server(refusing, port):
+        await _request(v, "eng-metric-0002")
+        await asyncio.wait_for(mailer.drain(), 30)
+    assert refusing.tries == 1
+    await _request(v, "eng-metric-0003")  # and nothing listens now: a retry
+    await asyncio.wait_for(mailer.drain(), 30)
+    assert await _mail_counts(v) == {**dict.fromkeys(MAIL_OUTCOMES, 0.0),
+                                     "sent": 1.0, "rejected": 1.0, "retry": 1.0}
+
+
+async def _two_senders(state: pathlib.Path) -> tuple[Any, Any, Any]:
+    """A vault with one stored transcript request, its store opened twice (two senders,
+    as two serves of one vault would be), and its key store."""
+    keys = init_vault(state, "clinic", now=1_800_000_000)
+    first = await VaultStore.open(state / "vault.db", "clinic")
+    second = await VaultStore.open(state / "vault.db", "clinic")
+    keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+    visitor = PartyKeys.generate()
+    frames = [seal(encode_body(kind, body), sender=visitor, role="visitor", account="clinic",
+                   engagement="eng-lease-0002", sequence=n, kind=kind,
+                   recipients=[keys.current_key.public_bytes])
+              for n, (kind, body) in enumerate([("prechat", {"email": ADDRESS}),
+                                                ("transcript-request", {"email": ADDRESS})],
+                                               start=1)]
+    assert (await Ingestor(keys, first, keystore).ingest(frames, 1_800_000_000)).stored == 2
+    return first, second, keystore
+
+
+async def test_a_leased_job_cannot_be_leased_again_before_its_lease_ends(
+        tmp_path: pathlib.Path) -> None:
+    now = 1_800_000_000
+    first, second, keystore = await _two_senders(tmp_path / "vault")
+    try:
+        [job] = await first.due_mail_jobs(now)
+        # The second sender read the job as due too, before the first leased it.
+        assert [j.envelope_id for j in await second.due_mail_jobs(now)] == [job.envelope_id]
+        assert await first.lease_mail_job(job.envelope_id, now, now + 600)
+        assert not await second.lease_mail_job(job.envelope_id, now, now + 600)
+        assert not await second.lease_mail_job(job.envelope_id, now + 599, now + 1199)
+        assert not await first.lease_mail_job(job.envelope_id, now + 599, now + 1199)
+        assert await second.due_mail_jobs(now + 599) == []
+        # The lease ended (the first sender died after leasing): the job is due again.
+        assert await second.lease_mail_job(job.envelope_id, now + 600, now + 1200)
+        assert not await first.lease_mail_job(job.envelope_id, now + 600, now + 1200)
+        await second.finish_mail_job(job.envelope_id, AuditRecord(
+            "vault", "transcript-email", "visitor-request", job.engagement,
+            {"outcome": "sent"}), now + 601)
+        assert not await first.lease_mail_job(job.envelope_id, now + 10**6, now + 10**6)
+    finally:
+        for store in (first, second, keystore):
+            await store.close()
+
+
+async def test_two_senders_on_one_vault_mail_a_request_once(
+        tmp_path: pathlib.Path, smtp_plain: Any) -> None:
+    first, second, keystore = await _two_senders(tmp_path / "vault")
+    try:
+        mailers = [TranscriptMailer(store, keystore, _smtp(smtp_plain.port),
+                                    clock=lambda: 1_800_000_100.0)  # the same second
+                   for store in (first, second)]
+        # Both read the job as due before either leases it; only one may send it.
+        await asyncio.wait_for(asyncio.gather(*(m.send_due() for m in mailers)), 30)
+        assert len(smtp_plain.mailbox.messages) == 1
+        assert sorted(m.sent for m in mailers) == [0, 1]
+    finally:
+        for store in (first, second, keystore):
+            await store.close()

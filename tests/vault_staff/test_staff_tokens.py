@@ -1,4 +1,5 @@
-"""Staff tokens in a real staff.db: issue, hash-only storage, verify, expiry, revocation."""
+"""Staff tokens in a real staff.db: issue, hash-only storage, verify, expiry, revocation,
+and a staff.db of a newer version refused without a byte of it changed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from controller_vault.staff.errors import AuthError, ScopeDenied, StaffConfigError
-from controller_vault.staff.token_store import SqliteTokenStore
+from controller_vault.staff.token_store import SCHEMA_VERSION, SqliteTokenStore
 from controller_vault.staff.tokens import SCOPES, StaffTokens, hash_token
 
 NOW = 1_700_000_000
@@ -108,3 +109,37 @@ async def test_bad_issue_requests(tokens: StaffTokens, actor: str, scopes: list[
     with pytest.raises(StaffConfigError) as err:
         await tokens.issue(actor, scopes, now=NOW)
     assert err.value.code == code
+
+
+def _staff_files(directory: pathlib.Path) -> dict[str, bytes]:
+    """staff.db and its -wal (a -shm is SQLite's rebuildable index, not content)."""
+    return {p.name: p.read_bytes() for p in directory.iterdir()
+            if p.name in ("staff.db", "staff.db-wal")}
+
+
+@pytest.mark.parametrize("in_wal", [False, True], ids=["closed", "killed"])
+async def test_a_newer_staff_db_is_refused_and_left_byte_for_byte(tmp_path: pathlib.Path,
+                                                                  in_wal: bool) -> None:
+    newer = SCHEMA_VERSION + 1
+    writer = sqlite3.connect(tmp_path / "staff.db", isolation_level=None)
+    writer.execute("CREATE TABLE newer_things (x)")
+    if in_wal:
+        # A newer vault killed before its last checkpoint: the version only in the -wal.
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute(f"PRAGMA user_version = {newer}")
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("staff.db", "staff.db-wal"):  # copied while open: as the kill left them
+        if (tmp_path / name).exists():
+            (state / name).write_bytes((tmp_path / name).read_bytes())
+    writer.close()
+    assert (state / "staff.db-wal").exists() == in_wal
+    before = _staff_files(state)
+    with pytest.raises(StaffConfigError) as err:
+        await SqliteTokenStore.open(state)
+    assert _staff_files(state) == before  # no WAL switch, recovery or checkpoint
+    assert err.value.code == "config.staff_db_version"
+    assert f"schema {newer}" in err.value.message
+    if not in_wal:
+        assert sorted(p.name for p in state.iterdir()) == ["staff.db"]

@@ -1,5 +1,6 @@
 """The staff subcommands of `controller-vault` in real subprocesses on a real vault:
-tokens, transcripts, export with progress, erasure and the retention dry run."""
+tokens, transcripts, export with progress, erasure and the retention dry run; a token
+command refused by a store (a newer vault.db or staff.db) changes no staff.db."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import os
 import pathlib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,9 +16,11 @@ import time
 import jsonschema
 import pytest
 
+from controller_vault.backup import latest_schema_version
 from controller_vault.ingest import Ingestor
 from controller_vault.keyfiles import init_vault
 from controller_vault.keystore import KeyStore
+from controller_vault.staff.token_store import SCHEMA_VERSION
 from controller_vault.store import VaultStore
 from envelope import PartyKeys, encode_body, seal
 
@@ -141,3 +145,36 @@ def test_ids_that_start_with_a_dash_are_reachable_from_the_command_line(
     assert shown["engagement_id"] == eng and shown["messages"][0]["text"] == "dash text"
     erased = json.loads(_cli("erase", *where, f"--engagement={eng}").stdout)
     assert erased["engagements"] == [eng]
+
+
+def _set_version(path: pathlib.Path, version: int) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.close()
+
+
+def test_token_commands_change_no_staff_db_when_a_store_is_refused(
+        tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "vault"
+    init_vault(state, "clinic", now=int(time.time()))
+    where = ("--state-dir", str(state))
+    _cli("rotate-key", *where)  # vault.db now exists
+    latest = latest_schema_version("vault")
+    _set_version(state / "vault.db", latest + 1)
+    # vault.db is opened first: refused, the command stops before staff.db is created.
+    for command in (["create", "--actor", "dpo", "--scope", "read"], ["list"]):
+        refused = _cli("token", command[0], *where, *command[1:], check=False)
+        assert refused.returncode == 78 and "vault.schema_newer" in refused.stderr
+        assert not (state / "staff.db").exists(), command
+    _set_version(state / "vault.db", latest)
+    _set_version(state / "staff.db", SCHEMA_VERSION + 1)  # a newer vault's staff.db
+    before = (state / "staff.db").read_bytes()
+    for command in (["create", "--actor", "dpo", "--scope", "read"], ["list"]):
+        refused = _cli("token", command[0], *where, *command[1:], check=False)
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"controller-vault: config.staff_db_version: staff.db is from a newer version "
+            f"(schema {SCHEMA_VERSION + 1}, this vault knows {SCHEMA_VERSION}): "
+            "run the newer vault\n")
+        assert (state / "staff.db").read_bytes() == before, command
+        assert not (state / "staff.db-wal").exists()
