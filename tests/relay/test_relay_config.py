@@ -113,3 +113,25 @@ def test_schema_files_are_versioned() -> None:
 
     names = sorted(p.name for p in (ROOT / "schema").glob("*.sql"))
     assert names[0].startswith("001_") and len(names) == SCHEMA_VERSION
+
+
+def test_gc_young_threshold_is_a_setting_and_serve_applies_it() -> None:
+    import gc
+
+    from relay.__main__ import tune_gc
+
+    assert load_config(None, env={}).gc_young_threshold == 10_000
+    with pytest.raises(ConfigError, match="gc_young_threshold"):
+        load_config(None, env={"RELAY_GC_YOUNG_THRESHOLD": "-1"})
+    before = gc.get_threshold()
+    try:
+        tune_gc(load_config(None, env={"RELAY_GC_YOUNG_THRESHOLD": "12345"}))
+        assert gc.get_threshold() == (12345, 50, 10)
+        assert gc.get_freeze_count() > 0  # what existed at start leaves the collections
+        gc.set_threshold(*before)
+        gc.unfreeze()
+        tune_gc(load_config(None, env={"RELAY_GC_YOUNG_THRESHOLD": "0"}))
+        assert gc.get_threshold() == before  # 0: Python's own settings kept
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
