@@ -1,6 +1,7 @@
 """`controller-vault` command line: turns arguments and environment into a config and
 calls the vault's operations. Exit codes: 0 ok, 1 the operation failed (audit does not
-verify, relay refused), 2 bad usage or configuration.
+verify, relay refused), 2 bad usage or configuration, 78 a store written by a newer
+vault (vault.db, keys.db or staff.db; the unit does not restart on it).
 
     controller-vault init --account ACCOUNT --state-dir DIR [--passphrase-file F]
     controller-vault serve --config FILE
@@ -310,6 +311,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 #: sysexits' EX_CONFIG: the unit's RestartPreventExitStatus names it.
 EXIT_NOT_RESTARTABLE = 78
+#: Refusals a restart cannot fix: a vault.db or keys.db (SchemaNewer), or a staff.db
+#: (the token store's StaffConfigError), written by a newer vault.
+_NOT_RESTARTABLE_CODES = frozenset({"vault.schema_newer", "config.staff_db_version"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (VaultError, StaffError) as exc:
         print(f"controller-vault: {exc.code}: {exc.message}", file=sys.stderr)
-        if exc.code == "vault.schema_newer":
+        if exc.code in _NOT_RESTARTABLE_CODES:
             # 78 (EX_CONFIG): a restart cannot fix it; controller-vault.service does not
             # restart on it (RestartPreventExitStatus) instead of retrying every 2 s.
             return EXIT_NOT_RESTARTABLE

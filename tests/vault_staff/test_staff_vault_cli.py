@@ -169,9 +169,16 @@ def test_token_commands_change_no_staff_db_when_a_store_is_refused(
     _set_version(state / "vault.db", latest)
     _set_version(state / "staff.db", SCHEMA_VERSION + 1)  # a newer vault's staff.db
     before = (state / "staff.db").read_bytes()
-    for command in (["create", "--actor", "dpo", "--scope", "read"], ["list"]):
-        refused = _cli("token", command[0], *where, *command[1:], check=False)
-        assert refused.returncode == 1
+    # serve too: exit 78, which controller-vault.service does not restart on (it would
+    # otherwise start it every 2 s). Port 0: were the refusal missing, serve would
+    # listen until the timeout.
+    for command in (["token", "create", "--actor", "dpo", "--scope", "read"],
+                    ["token", "list"], ["serve"]):
+        refused = subprocess.run(
+            [sys.executable, "-m", "controller_vault", *command[:2], *where, *command[2:]],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "VAULT_PORT": "0"})
+        assert refused.returncode == 78, (command, refused.stderr)
         assert refused.stderr == (
             f"controller-vault: config.staff_db_version: staff.db is from a newer version "
             f"(schema {SCHEMA_VERSION + 1}, this vault knows {SCHEMA_VERSION}): "
