@@ -278,14 +278,17 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .backup import restore_backup
+    from .backup import RestoreReport, restore_backup
 
     parts = (args.only,) if args.only else ("data", "keys")
     state = _backup_state_dir(args)
-    report = restore_backup(args.dir, state, parts=parts, force=args.force)
-    for part, names in report.parts.items():
-        print(f"restored {part} (taken at {report.created_at[part]}): {', '.join(names)}")
-    if "data" in report.parts and (state / "vault.json").exists():
+
+    def finish(report: RestoreReport) -> None:
+        # Still under serve.lock: the audit entry is the restore's last write.
+        for part, names in report.parts.items():
+            print(f"restored {part} (taken at {report.created_at[part]}): {', '.join(names)}")
+        if "data" not in report.parts or not (state / "vault.json").exists():
+            return
         from .store import AuditRecord
 
         # The restore itself goes into the (restored) audit chain: who put old data back.
@@ -299,6 +302,8 @@ def _restore(args: argparse.Namespace) -> int:
             await store.append_audit([record], int(time.time()))
 
         asyncio.run(_with_store(cfg, op))
+
+    restore_backup(args.dir, state, parts=parts, force=args.force, before_release=finish)
     return 0
 
 
