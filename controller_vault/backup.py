@@ -228,6 +228,11 @@ def _is_live(path: pathlib.Path) -> bool:
         return False
     except sqlite3.OperationalError:
         return True
+    except sqlite3.DatabaseError:
+        # Not a database (garbage, a corrupt header): no process holds it open as one,
+        # and the serve.lock the restore holds keeps a serve from starting on it. The
+        # store to restore over, not a traceback.
+        return False
     finally:
         db.close()
 
