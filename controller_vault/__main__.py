@@ -1,6 +1,7 @@
 """`controller-vault` command line: turns arguments and environment into a config and
 calls the vault's operations. Exit codes: 0 ok, 1 the operation failed (audit does not
-verify, relay refused), 2 bad usage or configuration.
+verify, relay refused), 2 bad usage or configuration, 78 a store written by a newer
+vault (vault.db, keys.db or staff.db; the unit does not restart on it).
 
     controller-vault init --account ACCOUNT --state-dir DIR [--passphrase-file F]
     controller-vault serve --config FILE
@@ -277,14 +278,17 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .backup import restore_backup
+    from .backup import RestoreReport, restore_backup
 
     parts = (args.only,) if args.only else ("data", "keys")
     state = _backup_state_dir(args)
-    report = restore_backup(args.dir, state, parts=parts, force=args.force)
-    for part, names in report.parts.items():
-        print(f"restored {part} (taken at {report.created_at[part]}): {', '.join(names)}")
-    if "data" in report.parts and (state / "vault.json").exists():
+
+    def finish(report: RestoreReport) -> None:
+        # Still under serve.lock: the audit entry is the restore's last write.
+        for part, names in report.parts.items():
+            print(f"restored {part} (taken at {report.created_at[part]}): {', '.join(names)}")
+        if "data" not in report.parts or not (state / "vault.json").exists():
+            return
         from .store import AuditRecord
 
         # The restore itself goes into the (restored) audit chain: who put old data back.
@@ -298,6 +302,8 @@ def _restore(args: argparse.Namespace) -> int:
             await store.append_audit([record], int(time.time()))
 
         asyncio.run(_with_store(cfg, op))
+
+    restore_backup(args.dir, state, parts=parts, force=args.force, before_release=finish)
     return 0
 
 
@@ -310,6 +316,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 #: sysexits' EX_CONFIG: the unit's RestartPreventExitStatus names it.
 EXIT_NOT_RESTARTABLE = 78
+#: Refusals a restart cannot fix: a vault.db or keys.db (SchemaNewer), or a staff.db
+#: (the token store's StaffConfigError), written by a newer vault.
+_NOT_RESTARTABLE_CODES = frozenset({"vault.schema_newer", "config.staff_db_version"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (VaultError, StaffError) as exc:
         print(f"controller-vault: {exc.code}: {exc.message}", file=sys.stderr)
-        if exc.code == "vault.schema_newer":
+        if exc.code in _NOT_RESTARTABLE_CODES:
             # 78 (EX_CONFIG): a restart cannot fix it; controller-vault.service does not
             # restart on it (RestartPreventExitStatus) instead of retrying every 2 s.
             return EXIT_NOT_RESTARTABLE

@@ -30,11 +30,12 @@ import os
 import pathlib
 import shutil
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .checkpoints import CHECKPOINT_FILE
-from .errors import VaultError
+from .errors import AlreadyServing, VaultError
 
 __all__ = [
     "BACKUP_FORMAT",
@@ -227,6 +228,11 @@ def _is_live(path: pathlib.Path) -> bool:
         return False
     except sqlite3.OperationalError:
         return True
+    except sqlite3.DatabaseError:
+        # Not a database (garbage, a corrupt header): no process holds it open as one,
+        # and the serve.lock the restore holds keeps a serve from starting on it. The
+        # store to restore over, not a traceback.
+        return False
     finally:
         db.close()
 
@@ -236,19 +242,49 @@ def _has_data(path: pathlib.Path) -> bool:
                for p in (path, path.with_name(path.name + "-wal")))
 
 
-def restore_backup(source: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
-                   parts: tuple[str, ...] = ("data", "keys"),
-                   force: bool = False) -> RestoreReport:
-    """Check a backup's manifests, checksums and integrity, then put its stores in place."""
-    src, state = pathlib.Path(source), pathlib.Path(state_dir)
-    from .serve import SERVE_LOCK, serve_lock_held  # here: serve imports the whole app
+def _hold_serve_lock(state: pathlib.Path) -> int | None:
+    """Take ``state``'s serve.lock for the restore (its descriptor), or None for a state
+    directory that does not exist yet: the restore creates it and leaves no serve.lock."""
+    from .serve import SERVE_LOCK, hold_serve_lock  # here: serve imports the whole app
 
-    if serve_lock_held(state):
-        # The SQLite check below sees only stores held open; a serve starting up (or
-        # between its stores) holds the lock first. Replacing its files under it
-        # would split them from their WAL and corrupt both.
-        raise BackupError(f"a controller-vault serve is running on {state} ({SERVE_LOCK} "
-                          "is held); stop it first", code="backup.live_store")
+    if not state.exists():
+        return None
+    try:
+        return hold_serve_lock(state)
+    except AlreadyServing:
+        raise BackupError(f"a controller-vault serve or restore is running on {state} "
+                          f"({SERVE_LOCK} is held); stop it first",
+                          code="backup.live_store") from None
+
+
+def restore_backup(source: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
+                   parts: tuple[str, ...] = ("data", "keys"), force: bool = False,
+                   before_release: Callable[[RestoreReport], None] | None = None,
+                   ) -> RestoreReport:
+    """Check a backup's manifests, checksums and integrity, then put its stores in place.
+
+    ``before_release(report)`` runs while serve.lock is still held (the CLI writes the
+    restore's audit entry there): no serve starts on the stores before it returns.
+    """
+    src, state = pathlib.Path(source), pathlib.Path(state_dir)
+    # Held from before the first write to after the last, not only checked: the SQLite
+    # check below sees only stores held open, and a serve started while the files are
+    # being replaced (or one starting up, between its stores) would open a store that
+    # is then swapped under it, split from its WAL: both corrupt. While the restore
+    # holds the lock, such a serve exits with vault.already_serving instead.
+    lock = _hold_serve_lock(state)
+    try:
+        report = _restore_locked(src, state, parts, force)
+        if before_release is not None:
+            before_release(report)
+        return report
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _restore_locked(src: pathlib.Path, state: pathlib.Path, parts: tuple[str, ...],
+                    force: bool) -> RestoreReport:
     manifests = {part: _read_manifest(src / part, part) for part in parts}
     accounts = {m["account"] for m in manifests.values()}
     live_account = _account(state) if state.exists() else None

@@ -24,7 +24,7 @@ from .app import create_app
 from .config import VaultConfig
 from .errors import AlreadyServing, ConfigError
 
-__all__ = ["SERVE_LOCK", "hold_serve_lock", "serve", "serve_lock_held"]
+__all__ = ["SERVE_LOCK", "hold_serve_lock", "serve"]
 
 SERVE_LOCK = "serve.lock"
 
@@ -46,7 +46,7 @@ def hold_serve_lock(state_dir: pathlib.Path) -> int:
     in-process. An advisory flock, not a pid file: the kernel drops it when the process
     dies, so a crash (kill -9, OOM) never leaves a stale lock to clear by hand. The
     staff commands (export, erase, audit, backup ...) do not take it: they run beside
-    serve by design.
+    serve by design. ``restore`` holds it while it replaces the stores.
     """
     path = state_dir / SERVE_LOCK
     try:
@@ -60,26 +60,9 @@ def hold_serve_lock(state_dir: pathlib.Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AlreadyServing(f"another controller-vault serve is running on {state_dir} "
-                             f"({SERVE_LOCK} is held)") from None
+        raise AlreadyServing(f"another controller-vault serve or restore is running on "
+                             f"{state_dir} ({SERVE_LOCK} is held)") from None
     return fd
-
-
-def serve_lock_held(state_dir: pathlib.Path) -> bool:
-    """True while a ``serve`` holds ``state_dir``'s serve.lock (checked, never kept)."""
-    # Without O_CREAT: checking never creates the lock file, nor a state directory.
-    # O_NOFOLLOW as in hold_serve_lock: a symlink planted there is an error, not followed.
-    try:
-        fd = os.open(state_dir / SERVE_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False  # no serve ever ran here (serve creates the file before locking)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the lock at once, had we taken it
-    return False
 
 
 async def serve(config: VaultConfig) -> None:

@@ -205,8 +205,13 @@ class _Refused(Exception):
 #: Audited outcome code -> the metric's outcome (metrics.MAIL_OUTCOMES); the codes not
 #: here are ``transcript.*`` (refused) and the rest (internal_error).
 _METRIC_OUTCOMES = {"sent": "sent", "mail.rejected": "rejected", "mail.gave_up": "gave_up",
-                    "mail.send_failed": "retry", "smtp-not-configured": "smtp_not_configured",
+                    "mail.send_failed": "retry", "vault.store_unavailable": "retry",
+                    "smtp-not-configured": "smtp_not_configured",
                     "mail.bad_recipient": "refused", "vault.data_key_destroyed": "refused"}
+
+#: Outcomes that keep the job for the next delay: a send that failed for now, and a
+#: store that was locked or full for a moment (its read or audit entry not written).
+_RETRIED = frozenset({"mail.send_failed", "vault.store_unavailable"})
 
 
 def _metric_outcome(code: str) -> str:
@@ -257,8 +262,10 @@ class TranscriptMailer:
     Delivery is durable: ingest stores a job row with the request envelope (same
     transaction), and this worker sends due jobs, on start-up too, so a crash between
     receipt and mail loses nothing. A failed send (``mail.send_failed``: server down or
-    unreachable, a 4xx reply, TLS or login failing) is retried after RETRY_DELAYS_S;
-    after the last one the job is given up (``mail.gave_up``, audited). A permanent
+    unreachable, a 4xx reply, TLS or login failing) is retried after RETRY_DELAYS_S,
+    and so is an attempt vault.db could not serve (``vault.store_unavailable``: locked
+    or full for now); after the last one the job is given up (``mail.gave_up``,
+    audited). A permanent
     refusal (``mail.rejected``: a 5xx reply to MAIL FROM, RCPT TO or DATA, such as 550
     mailbox unavailable) ends the job at once: resending would only repeat the refusal
     at the visitor's mail server, six times over a day. At least once: a crash after
@@ -383,7 +390,10 @@ class TranscriptMailer:
         if smtp_code is not None:
             detail["smtp_code"] = smtp_code
         with contextlib.suppress(VaultError):
-            if outcome == "mail.send_failed" and job.attempts < len(self.RETRY_DELAYS_S):
+            # A store error is retried like a failed send, not ended as the outcome: a
+            # busy or full vault.db is transient, and ending the job there dropped the
+            # visitor's transcript for good.
+            if outcome in _RETRIED and job.attempts < len(self.RETRY_DELAYS_S):
                 self.failed_attempts += 1
                 detail["retry_in_s"] = self.RETRY_DELAYS_S[job.attempts]
                 await self._store.retry_mail_job(
@@ -391,7 +401,7 @@ class TranscriptMailer:
                     AuditRecord("vault", "transcript-email", "visitor-request",
                                 job.engagement, detail), now)
             else:
-                if outcome == "mail.send_failed":
+                if outcome in _RETRIED:
                     self.failed_attempts += 1
                     outcome = detail["outcome"] = "mail.gave_up"
                 await self._store.finish_mail_job(

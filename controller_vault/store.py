@@ -104,9 +104,15 @@ class VaultStore(IngestQueries, StaffQueries, RelayQueries):
         return cls(db, pathlib.Path(path), account)
 
     async def close(self) -> None:
-        """Checkpoint and close."""
-        await checkpoint_truncate(self._db)
-        await self._db.close()
+        """Checkpoint and close; the connection is closed even if the checkpoint fails."""
+        try:
+            await checkpoint_truncate(self._db)
+        finally:
+            # The checkpoint raises (SQLITE_LOCKED while a statement of this connection
+            # is open) or is cancelled (Ctrl-C, a shutdown timeout) while it waits for a
+            # reader: an aiosqlite connection left open keeps its non-daemon thread, so
+            # a CLI command would print its error and then hang.
+            await self._db.close()
 
     # -- writes ---------------------------------------------------------------
 

@@ -13,7 +13,9 @@ strings: never the token, the purpose, an address, a file name or a transcript.
     │                            request.bad_purpose
     ├── StaffConfigError         config.bad_redaction_rule,        500
     │                            config.bad_retention_rule,
-    │                            config.bad_smtp, config.bad_alerts
+    │                            config.bad_smtp, config.bad_alerts,
+    │                            config.staff_db_version
+    ├── TokenStoreUnavailable    staff.store_unavailable           503
     ├── ExportNameError          export.bad_filename               400
     ├── ExportError              export.bad_engagement,            500
     │                            export.foreign_engagement, export.duplicate_engagement
@@ -35,6 +37,7 @@ __all__ = [
     "ScopeDenied",
     "StaffConfigError",
     "StaffError",
+    "TokenStoreUnavailable",
 ]
 
 
@@ -88,6 +91,14 @@ class StaffConfigError(StaffError):
 
     code = "config.invalid"
     status = 500
+
+
+class TokenStoreUnavailable(StaffError):
+    """staff.db cannot be opened or read (not a database, corrupt, locked); the message
+    names the file and the SQLite error class only."""
+
+    code = "staff.store_unavailable"
+    status = 503
 
 
 class ExportNameError(StaffError):

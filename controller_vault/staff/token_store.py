@@ -7,6 +7,7 @@ transcripts. Schema: ``staff_schema.sql`` (``PRAGMA user_version`` is the versio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import sqlite3
@@ -14,7 +15,7 @@ from importlib import resources
 
 import aiosqlite
 
-from .errors import StaffConfigError
+from .errors import StaffConfigError, TokenStoreUnavailable
 from .tokens import TokenRecord
 
 __all__ = ["SCHEMA_VERSION", "STAFF_DB_NAME", "SqliteTokenStore"]
@@ -53,6 +54,12 @@ def _refuse_newer(path: pathlib.Path) -> None:
         raise _newer(int(row[0]))
 
 
+def _unavailable(path: pathlib.Path, exc: sqlite3.Error) -> TokenStoreUnavailable:
+    # The class name only, as for vault.db (database.open_database): one line for the
+    # CLI and the service's log instead of a traceback.
+    return TokenStoreUnavailable(f"cannot open database {path}: {exc.__class__.__name__}")
+
+
 def _newer(found: int) -> StaffConfigError:
     return StaffConfigError(f"staff.db is from a newer version (schema {found}, this vault "
                             f"knows {SCHEMA_VERSION}): run the newer vault",
@@ -69,11 +76,15 @@ class SqliteTokenStore:
     async def open(cls, state_dir: str | os.PathLike[str]) -> SqliteTokenStore:
         """Open (creating if needed) ``staff.db`` in ``state_dir``, mode 0600."""
         path = pathlib.Path(state_dir) / STAFF_DB_NAME
-        _refuse_newer(path)  # first: nothing may write to a newer staff.db
-        # Create the file 0600 before SQLite does, so token hashes are never world-readable.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        conn = await aiosqlite.connect(path)
+        try:
+            _refuse_newer(path)  # first: nothing may write to a newer staff.db
+            # Create the file 0600 before SQLite does, so token hashes are never
+            # world-readable.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            conn = await aiosqlite.connect(path)
+        except sqlite3.Error as exc:  # not a database at all (garbage bytes)
+            raise _unavailable(path, exc) from None
         try:
             # The version again on this connection, before the WAL pragma: a newer vault
             # may have upgraded the file since _refuse_newer read it.
@@ -89,8 +100,13 @@ class SqliteTokenStore:
                 schema = resources.files(__package__).joinpath("staff_schema.sql").read_text()
                 await conn.executescript(schema)
                 await conn.commit()
-        except BaseException:
-            await conn.close()
+        except BaseException as exc:
+            # Closed on every failure: an open aiosqlite connection's thread keeps the
+            # process alive, so a CLI command would print its error and then hang.
+            with contextlib.suppress(sqlite3.Error):
+                await conn.close()
+            if isinstance(exc, sqlite3.Error):  # corrupt behind a valid header, or locked
+                raise _unavailable(path, exc) from None
             raise
         return cls(conn)
 

@@ -189,3 +189,26 @@ async def test_restore_refuses_live_nonempty_tampered_and_foreign(tmp_path):
 def test_cli_restore_refusal_exit_code_and_message(tmp_path):
     proc = _cli("restore", str(tmp_path / "nothing"), "--state-dir", str(tmp_path / "s"))
     assert proc.returncode == 1 and "backup.manifest" in proc.stderr
+
+
+@pytest.mark.parametrize("damaged", ["vault.db", "staff.db"])
+def test_cli_restore_replaces_an_unreadable_store(tmp_path, damaged):
+    # The remedy README.md gives for `*.store_unavailable`: restore the data part over it.
+    state, backup = tmp_path / "vault", tmp_path / "backup"
+    assert _cli("init", "--account", ACCOUNT, "--state-dir", str(state)).returncode == 0
+    assert _cli("token", "list", "--state-dir", str(state)).returncode == 0  # all stores
+    assert _cli("backup", str(backup), "--state-dir", str(state)).returncode == 0
+    (state / damaged).write_bytes(b"\xa5" * 8192)
+    code = "vault" if damaged == "vault.db" else "staff"
+    refused = _cli("token", "list", "--state-dir", str(state))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"controller-vault: {code}.store_unavailable: ")
+    kept = _cli("restore", str(backup), "--state-dir", str(state), "--only", "data")
+    assert kept.returncode == 1 and "backup.target_not_empty" in kept.stderr, kept.stderr
+    restored = _cli("restore", str(backup), "--state-dir", str(state), "--only", "data",
+                    "--force")
+    assert restored.returncode == 0, restored.stderr  # was a sqlite3 traceback
+    assert "Traceback" not in restored.stderr
+    assert _cli("token", "list", "--state-dir", str(state)).returncode == 0
+    verified = _cli("audit", "verify", "--state-dir", str(state))
+    assert verified.returncode == 0, verified.stderr

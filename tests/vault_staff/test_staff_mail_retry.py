@@ -1,9 +1,10 @@
 """Transcript email is a durable job: a failed send is retried with backoff against a real
 SMTP server that comes up later, given up after the last delay, and a vault SIGKILLed
 between storing the request and sending the mail sends it after the restart. A 5xx
-refusal of the recipient ends the job at once; a 4xx keeps the retry schedule. Each
-outcome is counted on /metrics under a fixed label. A job leased by one sender cannot be
-leased by another (a second serve) before its lease ends."""
+refusal of the recipient ends the job at once; a 4xx, and a vault.db busy during the
+attempt, keep the retry schedule. Each outcome is counted on /metrics under a fixed
+label. A job leased by one sender cannot be leased by another (a second serve) before
+its lease ends."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller_vault.app import MAILER, STORE
 from controller_vault.config import StaffSettings
+from controller_vault.database import in_connection
 from controller_vault.ingest import Ingestor
 from controller_vault.keyfiles import init_vault, load_vault_keys
 from controller_vault.keystore import KeyStore
-from controller_vault.metrics import MAIL_OUTCOMES
+from controller_vault.metrics import MAIL_OUTCOMES, VaultMetrics
 from controller_vault.staff.mailer import SmtpConfig
 from controller_vault.staff_services import TranscriptMailer
 from controller_vault.store import AuditRecord, VaultStore
@@ -193,6 +195,80 @@ async def test_a_send_whose_outcome_cannot_be_recorded_is_not_repeated_at_once(
     assert len(mailbox.messages) == 2  # at least once: one more send after the lease
     assert (await _outcomes(store))[-1] == {"outcome": "sent"}
     assert await store.due_mail_jobs(v.clock[0] + 10**9) == []
+
+
+async def test_a_store_busy_during_an_attempt_keeps_the_job_for_a_retry(
+        tmp_path: pathlib.Path, smtp_plain: Any) -> None:
+    import sqlite3
+
+    now = 1_800_000_000
+    state = tmp_path / "vault"
+    keys = init_vault(state, "clinic", now=now)
+    store = await VaultStore.open(state / "vault.db", "clinic", busy_timeout_ms=100)
+    keystore = await KeyStore.open(state / "keys.db", keys.master_key)
+    visitor = PartyKeys.generate()
+    frames = [seal(encode_body(kind, body), sender=visitor, role="visitor", account="clinic",
+                   engagement="eng-busy-0001", sequence=n, kind=kind,
+                   recipients=[keys.current_key.public_bytes])
+              for n, (kind, body) in enumerate([("prechat", {"email": ADDRESS}),
+                                                ("message", {"text": "while it was busy"}),
+                                                ("transcript-request", {"email": ADDRESS})],
+                                               start=1)]
+    assert (await Ingestor(keys, store, keystore).ingest(frames, now)).stored == 3
+    metrics = VaultMetrics()
+    clock = [now]
+    mailer = TranscriptMailer(store, keystore, _smtp(smtp_plain.port),
+                              clock=lambda: float(clock[0]),
+                              on_outcome=metrics.count_transcript_mail)
+    # Another connection (a CLI command, a backup) holds vault.db's write lock past the
+    # store's 100 ms busy timeout exactly while the attempt writes the read's audit entry,
+    # and lets go before the outcome is recorded. The points are the attempt's own write
+    # transactions, seen by a trace of the store's connection: no sleeps.
+    locker = sqlite3.connect(state / "vault.db", isolation_level=None,
+                             check_same_thread=False)
+    begins: list[str] = []
+
+    def trace(sql: str) -> None:
+        if sql.startswith("BEGIN IMMEDIATE"):
+            begins.append(sql)  # 1: the lease, 2: the read's audit entry, 3: the outcome
+            if len(begins) == 2:
+                locker.execute("BEGIN IMMEDIATE")
+            elif len(begins) == 3:
+                locker.execute("ROLLBACK")
+
+    await in_connection(store._db, lambda conn: conn.set_trace_callback(trace))
+    try:
+        assert await asyncio.wait_for(mailer.send_due(), 30) == 1
+    finally:
+        await in_connection(store._db, lambda conn: conn.set_trace_callback(None))
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+
+    def counted(outcome: str) -> float | None:
+        return metrics.registry.get_sample_value("vault_transcript_mail_total",
+                                                 {"outcome": outcome})
+
+    try:
+        assert len(begins) == 3  # the lock was held, and let go, where planned
+        assert mailer.sent == 0 and smtp_plain.mailbox.envelopes == []
+        # Kept for the next delay like a failed send, not ended with the store's code.
+        assert await _outcomes(store) == [{"outcome": "vault.store_unavailable",
+                                           "retry_in_s": 60}]
+        assert await store.due_mail_jobs(now) == []
+        assert len(await store.due_mail_jobs(now + 60)) == 1
+        assert (counted("retry"), counted("internal_error")) == (1.0, 0.0)
+        clock[0] += 60
+        assert await asyncio.wait_for(mailer.send_due(), 30) == 1
+        assert mailer.sent == 1 and smtp_plain.mailbox.envelopes[0][1] == [ADDRESS]
+        body = smtp_plain.mailbox.messages[0].get_body(("plain",)).get_content()
+        assert "while it was busy" in body
+        assert (await _outcomes(store))[-1] == {"outcome": "sent"}
+        assert counted("sent") == 1.0
+        assert await store.due_mail_jobs(now + 10**9) == []  # the job is gone
+    finally:
+        await store.close()
+        await keystore.close()
 
 
 def _our_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

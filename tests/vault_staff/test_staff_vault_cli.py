@@ -1,6 +1,7 @@
 """The staff subcommands of `controller-vault` in real subprocesses on a real vault:
 tokens, transcripts, export with progress, erasure and the retention dry run; a token
-command refused by a store (a newer vault.db or staff.db) changes no staff.db."""
+command refused by a store (a newer vault.db or staff.db) changes no staff.db, and an
+unreadable staff.db stops the commands and serve with one line."""
 
 from __future__ import annotations
 
@@ -169,12 +170,52 @@ def test_token_commands_change_no_staff_db_when_a_store_is_refused(
     _set_version(state / "vault.db", latest)
     _set_version(state / "staff.db", SCHEMA_VERSION + 1)  # a newer vault's staff.db
     before = (state / "staff.db").read_bytes()
-    for command in (["create", "--actor", "dpo", "--scope", "read"], ["list"]):
-        refused = _cli("token", command[0], *where, *command[1:], check=False)
-        assert refused.returncode == 1
+    # serve too: exit 78, which controller-vault.service does not restart on (it would
+    # otherwise start it every 2 s). Port 0: were the refusal missing, serve would
+    # listen until the timeout.
+    for command in (["token", "create", "--actor", "dpo", "--scope", "read"],
+                    ["token", "list"], ["serve"]):
+        refused = subprocess.run(
+            [sys.executable, "-m", "controller_vault", *command[:2], *where, *command[2:]],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "VAULT_PORT": "0"})
+        assert refused.returncode == 78, (command, refused.stderr)
         assert refused.stderr == (
             f"controller-vault: config.staff_db_version: staff.db is from a newer version "
             f"(schema {SCHEMA_VERSION + 1}, this vault knows {SCHEMA_VERSION}): "
             "run the newer vault\n")
         assert (state / "staff.db").read_bytes() == before, command
         assert not (state / "staff.db-wal").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "garbage_behind_a_valid_header"])
+def test_an_unreadable_staff_db_stops_commands_and_serve_with_one_line(
+        tmp_path: pathlib.Path, damage: str) -> None:
+    state = tmp_path / "vault"
+    init_vault(state, "clinic", now=int(time.time()))
+    where = ("--state-dir", str(state))
+    _cli("token", "list", *where)  # vault.db, keys.db and staff.db now exist, closed
+    staff = state / "staff.db"
+    data = staff.read_bytes()
+    assert len(data) >= 4096 and not (state / "staff.db-wal").exists()
+    if damage == "garbage":
+        # Not a database at all: refused by the read-only version check.
+        staff.write_bytes(b"\xa5" * len(data))
+    else:
+        # The 100-byte header stays valid (the version check passes); page 1's schema
+        # table is garbage, so the first statement that loads the schema on the new
+        # connection fails: that connection, left open, would keep the process alive.
+        staff.write_bytes(data[:100] + b"\xa5" * 3996 + data[4096:])
+    before = staff.read_bytes()
+    for command in (["token", "list"], ["token", "create", "--actor", "dpo", "--scope", "read"],
+                    ["serve"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "controller_vault", *command[:2], *where, *command[2:]],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "VAULT_PORT": "0"})  # port 0: no clash, were serve to run
+        assert proc.returncode == 1, (command, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr == (f"controller-vault: staff.store_unavailable: cannot open "
+                               f"database {staff}: DatabaseError\n"), command
+        assert proc.stdout == "", command  # no token was printed
+        assert staff.read_bytes() == before, command
