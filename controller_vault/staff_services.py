@@ -266,8 +266,9 @@ class TranscriptMailer:
     and so is an attempt vault.db could not serve (``vault.store_unavailable``: locked
     or full for now); after the last one the job is given up (``mail.gave_up``,
     audited). A permanent
-    refusal (``mail.rejected``: a 5xx reply to MAIL FROM, RCPT TO or DATA, such as 550
-    mailbox unavailable) ends the job at once: resending would only repeat the refusal
+    refusal of this message (``mail.rejected``: a 5xx reply to RCPT TO or DATA, such as
+    550 mailbox unavailable, or 552 too large; not the vault's own setup: see
+    staff/mailer.py) ends the job at once: resending would only repeat the refusal
     at the visitor's mail server, six times over a day. At least once: a crash after
     the server accepted the mail but before the job was dropped sends it again on restart.
     Each attempt's outcome goes to ``on_outcome`` as one of a fixed set of words (the
