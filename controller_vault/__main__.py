@@ -1,7 +1,8 @@
 """`controller-vault` command line: turns arguments and environment into a config and
 calls the vault's operations. Exit codes: 0 ok, 1 the operation failed (audit does not
-verify, relay refused), 2 bad usage or configuration, 78 a store written by a newer
-vault (vault.db, keys.db or staff.db; the unit does not restart on it).
+verify, relay refused), 2 bad usage, 78 a bad setting (vault.config, config.*) or a
+store written by a newer vault (vault.db, keys.db or staff.db): the unit does not
+restart on 78, since a restart would fail the same way.
 
     controller-vault init --account ACCOUNT --state-dir DIR [--passphrase-file F]
     controller-vault serve --config FILE
@@ -318,7 +319,7 @@ def _serve(args: argparse.Namespace) -> int:
 EXIT_NOT_RESTARTABLE = 78
 #: Refusals a restart cannot fix: a vault.db or keys.db (SchemaNewer), or a staff.db
 #: (the token store's StaffConfigError), written by a newer vault.
-_NOT_RESTARTABLE_CODES = frozenset({"vault.schema_newer", "config.staff_db_version"})
+_NOT_RESTARTABLE_CODES = frozenset({"vault.schema_newer", "vault.config"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (VaultError, StaffError) as exc:
         print(f"controller-vault: {exc.code}: {exc.message}", file=sys.stderr)
-        if exc.code in _NOT_RESTARTABLE_CODES:
-            # 78 (EX_CONFIG): a restart cannot fix it; controller-vault.service does not
-            # restart on it (RestartPreventExitStatus) instead of retrying every 2 s.
+        if exc.code in _NOT_RESTARTABLE_CODES or exc.code.startswith("config."):
+            # 78 (EX_CONFIG): a newer database or a bad setting (vault.toml, [smtp],
+            # [alerts], redaction or retention rules) that a restart cannot fix;
+            # controller-vault.service does not restart on it (RestartPreventExitStatus)
+            # instead of failing again every 2 s until systemd's start limit.
             return EXIT_NOT_RESTARTABLE
-        return 2 if exc.code in ("vault.config", "cli.usage") else 1
+        return 2 if exc.code == "cli.usage" else 1
     except (OSError, ValueError, KeyError) as exc:
         print(f"controller-vault: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2

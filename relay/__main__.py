@@ -216,7 +216,8 @@ def _use_event_loop(choice: str) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-#: sysexits' EX_CONFIG: the unit's RestartPreventExitStatus names it.
+#: sysexits' EX_CONFIG (a bad setting, a database from a newer release): the unit's
+#: RestartPreventExitStatus names it.
 EXIT_NOT_RESTARTABLE = 78
 
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_admin(cfg, args))
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_NOT_RESTARTABLE  # a bad setting: a restart cannot fix it either
     except RelayError as exc:  # a refusal at start (store.schema_newer): one line, no trace
         print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
         # 78 (EX_CONFIG): what a restart cannot fix; relay.service does not restart on it

@@ -135,3 +135,17 @@ def test_gc_young_threshold_is_a_setting_and_serve_applies_it() -> None:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def test_relay_serve_exits_78_on_a_bad_setting(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    conf = tmp_path / "relay.toml"
+    conf.write_text("[relay]\nno_such_setting = 1\n")
+    out = subprocess.run([sys.executable, "-m", "relay", "--config", str(conf), "serve",
+                          "--state-dir", str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    # 78: relay.service's RestartPreventExitStatus; a restart would fail the same way.
+    assert out.returncode == 78, out.stderr
+    assert "no_such_setting" in out.stderr and "Traceback" not in out.stderr

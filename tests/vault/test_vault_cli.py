@@ -147,3 +147,22 @@ def test_ingest_benchmark_runs_and_prints_the_ratio():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "ratio vault/floor:" in proc.stdout
+
+
+@pytest.mark.parametrize("table", [
+    '[smtp]\nhost = "127.0.0.1"\nport = 25\nsecurity = "carrier-pigeon"\n'
+    'from_addr = "vault@clinic.example"\n',
+    "[vault]\nbatch_max = 5000\n",
+])
+def test_serve_exits_78_on_a_bad_setting(tmp_path, table) -> None:
+    state = tmp_path / "vault"
+    _cli("init", "--account", "clinic", "--state-dir", str(state))
+    conf = tmp_path / "vault.toml"
+    base = f'account = "clinic"\nstate_dir = "{state}"\n'
+    conf.write_text(table.replace("[vault]\n", "[vault]\n" + base) if "[vault]" in table
+                    else "[vault]\n" + base + table)
+    out = _cli("serve", "--config", str(conf), env={"VAULT_PORT": "0"}, check=False)
+    # 78: controller-vault.service's RestartPreventExitStatus: a restart fails alike.
+    assert out.returncode == 78, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config" in lines[0] and "Traceback" not in out.stderr

@@ -295,5 +295,6 @@ async def test_pair_command_reads_the_pin_from_config(tls_relay: TlsRelay, vault
     assert "pair.cert_mismatch" in capsys.readouterr().err
     assert await asyncio.wait_for(asyncio.to_thread(pair, pki.leaf_sha256), 20) == 0
     assert "paired account clinic" in capsys.readouterr().out
-    assert await asyncio.wait_for(asyncio.to_thread(pair, "not-a-pin"), 20) == 2
+    # A bad setting: 78 (EX_CONFIG), as every configuration error exits.
+    assert await asyncio.wait_for(asyncio.to_thread(pair, "not-a-pin"), 20) == 78
     assert "relay_cert_sha256" in capsys.readouterr().err
