@@ -94,8 +94,8 @@ class StaffConfigError(StaffError):
 
 
 class TokenStoreUnavailable(StaffError):
-    """staff.db cannot be opened or read (not a database, corrupt, locked); the message
-    names the file and the SQLite error class only."""
+    """staff.db cannot be opened, read or written (not a database, corrupt, locked); the
+    message names the file and the SQLite error class (or "locked") only."""
 
     code = "staff.store_unavailable"
     status = 503

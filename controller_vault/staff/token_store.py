@@ -60,6 +60,12 @@ def _unavailable(path: pathlib.Path, exc: sqlite3.Error) -> TokenStoreUnavailabl
     return TokenStoreUnavailable(f"cannot open database {path}: {exc.__class__.__name__}")
 
 
+def _reason(exc: sqlite3.Error) -> str:
+    # "locked" tells the operator to try again; otherwise the class name only.
+    text = str(exc).lower()
+    return "locked" if "locked" in text or "busy" in text else exc.__class__.__name__
+
+
 def _newer(found: int) -> StaffConfigError:
     return StaffConfigError(f"staff.db is from a newer version (schema {found}, this vault "
                             f"knows {SCHEMA_VERSION}): run the newer vault",
@@ -71,6 +77,23 @@ class SqliteTokenStore:
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> int:
+        """Run one write and commit it; the rows changed. TokenStoreUnavailable on a
+        sqlite error (staff.db locked past the busy timeout, full), nothing written."""
+        try:
+            cur = await self._conn.execute(sql, params)
+            await self._conn.commit()
+        except sqlite3.Error as exc:
+            # Rolled back: the module's implicit BEGIN stays open after a failed
+            # statement or COMMIT, and a write that failed (a token never shown) must
+            # not be committed later by this connection's next write. One line for
+            # the CLI instead of a traceback.
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.rollback()
+            raise TokenStoreUnavailable(
+                f"cannot write {STAFF_DB_NAME}: {_reason(exc)}") from None
+        return int(cur.rowcount)
 
     @classmethod
     async def open(cls, state_dir: str | os.PathLike[str]) -> SqliteTokenStore:
@@ -116,11 +139,10 @@ class SqliteTokenStore:
 
     async def insert(self, record: TokenRecord) -> None:
         """Store a new token record."""
-        await self._conn.execute(
+        await self._write(
             f"INSERT INTO staff_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 -- constant column list
             (record.token_id, record.token_hash, record.actor, ",".join(sorted(record.scopes)),
              record.created_at, record.expires_at, record.revoked_at))
-        await self._conn.commit()
 
     async def get(self, token_id: str) -> TokenRecord | None:
         """The record of ``token_id``, or None."""
@@ -132,11 +154,9 @@ class SqliteTokenStore:
 
     async def revoke(self, token_id: str, at: int) -> bool:
         """Mark a live token revoked; False if unknown or already revoked."""
-        cur = await self._conn.execute(
+        return await self._write(
             "UPDATE staff_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
-            (at, token_id))
-        await self._conn.commit()
-        return cur.rowcount == 1
+            (at, token_id)) == 1
 
     async def list_tokens(self) -> list[TokenRecord]:
         """Every record, oldest first."""

@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller_vault.staff.errors import AuthError, ScopeDenied, StaffConfigError
+from controller_vault.staff.errors import (
+    AuthError,
+    ScopeDenied,
+    StaffConfigError,
+    TokenStoreUnavailable,
+)
 from controller_vault.staff.token_store import SCHEMA_VERSION, SqliteTokenStore
 from controller_vault.staff.tokens import SCOPES, StaffTokens, hash_token
 
@@ -98,6 +103,44 @@ async def test_revocation_survives_reopen(tmp_path: pathlib.Path) -> None:
             await StaffTokens(store).verify(token, now=NOW)
     finally:
         await store.close()
+
+
+async def test_a_locked_staff_db_refuses_writes_and_the_connection_stays_usable(
+        tmp_path: pathlib.Path) -> None:
+    store = await SqliteTokenStore.open(tmp_path)
+    tokens = StaffTokens(store)
+    try:
+        _, kept = await tokens.issue("dana", ["read"], now=NOW)
+        # Another process (a second CLI) holds the write lock past the busy timeout,
+        # then commits a token of its own.
+        other = sqlite3.connect(tmp_path / "staff.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO staff_tokens (token_id, token_hash, actor, scopes, "
+                          "created_at) VALUES ('0000000000000000', ?, 'eve', 'read', 1)",
+                          ("0" * 64,))
+            with pytest.raises(TokenStoreUnavailable) as err:
+                await tokens.issue("erin", ["read"], now=NOW)
+            assert err.value.code == "staff.store_unavailable" and err.value.status == 503
+            assert err.value.message == "cannot write staff.db: locked"
+            with pytest.raises(TokenStoreUnavailable):
+                await tokens.revoke(kept.token_id, now=NOW + 1)
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        # The same connection, once the lock is gone: the refused writes left nothing.
+        assert sorted(r.actor for r in await store.list_tokens()) == ["dana", "eve"]
+        _, later = await tokens.issue("erin", ["read"], now=NOW + 2)
+        assert await tokens.revoke(kept.token_id, now=NOW + 3)
+    finally:
+        await store.close()
+    check = sqlite3.connect(tmp_path / "staff.db")
+    try:
+        rows = dict(check.execute("SELECT actor, revoked_at FROM staff_tokens").fetchall())
+    finally:
+        check.close()
+    assert rows == {"dana": NOW + 3, "eve": None, "erin": None}
+    assert later.actor == "erin"
 
 
 @pytest.mark.parametrize(("actor", "scopes", "code"), [

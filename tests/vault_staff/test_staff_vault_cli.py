@@ -219,3 +219,41 @@ def test_an_unreadable_staff_db_stops_commands_and_serve_with_one_line(
                                f"database {staff}: DatabaseError\n"), command
         assert proc.stdout == "", command  # no token was printed
         assert staff.read_bytes() == before, command
+
+
+def test_a_locked_staff_db_stops_token_create_and_revoke_with_one_line(
+        tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "vault"
+    init_vault(state, "clinic", now=int(time.time()))
+    where = ("--state-dir", str(state))
+    token_id = _cli("token", "create", *where, "--actor", "dpo", "--scope", "read"
+                    ).stdout.strip().split(".")[1]
+    # A second connection (another command, an operator's sqlite3 shell) holds the write
+    # lock for longer than staff.db's busy timeout (2 s).
+    other = sqlite3.connect(state / "staff.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        for command in (["create", "--actor", "auditor", "--scope", "read"],
+                        ["revoke", token_id]):
+            proc = _cli("token", command[0], *where, *command[1:], check=False)
+            assert proc.returncode == 1, (command, proc.stderr)
+            assert proc.stderr == ("controller-vault: staff.store_unavailable: cannot write "
+                                   "staff.db: locked\n"), command
+            assert proc.stdout == "", command  # no token printed, nothing "revoked"
+        assert token_id in _cli("token", "list", *where).stdout  # a WAL read still works
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    listed = _cli("token", "list", *where).stdout.splitlines()
+    assert len(listed) == 1 and listed[0].endswith("live")
+    made = _cli("token", "create", *where, "--actor", "auditor", "--scope", "read")
+    assert made.stdout.startswith("crst1.")
+    assert _cli("token", "revoke", *where, token_id).stdout == f"revoked {token_id}\n"
+    vault = sqlite3.connect(state / "vault.db")
+    try:
+        actions = vault.execute("SELECT action FROM audit_log WHERE action LIKE 'token-%' "
+                                "ORDER BY seq").fetchall()
+    finally:
+        vault.close()
+    # The refused commands audited nothing: only the writes that happened are in the log.
+    assert actions == [("token-create",), ("token-create",), ("token-revoke",)]
