@@ -73,8 +73,8 @@ def is_canonical_ascii(obj: Any, raw: bytes) -> bool:
 
     orjson with sorted keys writes such an object byte for byte as canonical_json does,
     ~10x faster (0.4 vs 4.9 us per header; this runs for every frame the relay and the
-    vault see). They differ where canonical_json writes ``\\uXXXX`` and orjson a raw
-    byte: any non-ASCII character (orjson writes UTF-8) and DEL (0x7f, which orjson
+    vault see). They differ where canonical_json writes a ``\\u`` escape and orjson a
+    raw byte: any non-ASCII character (orjson writes UTF-8) and DEL (0x7f, which orjson
     leaves as is): ``raw`` holding either is refused here, as canonical_json refused it.
     And they differ for floats (``1e16`` vs ``1e+16``), where this check can only refuse
     more; the callers' type checks refuse every float anyway. So this accepts nothing
